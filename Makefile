@@ -1,0 +1,66 @@
+# kbxy.platform: one entry point for setting up, linting, testing and demonstrating the
+# collection. `make test` does everything from nothing; `make demo` brings hosts up.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+DEBIAN_VERSIONS ?= 12 13
+SCENARIOS ?=
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.collections
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_FORCE_COLOR := 0
+export PY_COLORS := 0
+
+.PHONY: help setup engine images lint lint-yaml lint-ansible sanity unit molecule test demo demo-destroy build clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+setup: ## controller venv, Python requirements, collections, host tools
+	@tests/scripts/setup.sh
+
+engine: ## make sure a Docker engine answers (installs and starts it if needed)
+	@tests/images/ensure-docker.sh
+
+images: engine ## build the debootstrap test host images (cached)
+	@tests/images/build.sh $(DEBIAN_VERSIONS)
+
+lint-yaml: setup
+	yamllint -s .
+
+lint-ansible: setup
+	ansible-lint --profile production
+
+sanity: setup ## ansible-test sanity on a copy under ansible_collections/kbxy/platform
+	@tests/scripts/sanity.sh
+
+lint: lint-yaml lint-ansible sanity ## yamllint + ansible-lint (production) + ansible-test sanity
+
+unit: setup ## pytest: module_utils unit tests and module integration tests
+	@set -o pipefail; mkdir -p build/logs; \
+	pytest -p no:cacheprovider -n 2 -q | tee build/logs/unit.log; rc=$$?; \
+	tail -n 1 build/logs/unit.log >> build/logs/pytest-closing-lines.txt; exit $$rc
+
+molecule: setup images ## every molecule scenario (MOLECULE_JOBS side by side; SCENARIOS= to pick)
+	@tests/scripts/molecule.sh $(SCENARIOS)
+
+test: ## everything, from nothing, with a per-stage timing summary
+	@tests/scripts/run-stages.sh \
+		"setup:$(MAKE) -s setup" \
+		"engine:$(MAKE) -s engine" \
+		"images:$(MAKE) -s images" \
+		"lint:$(MAKE) -s lint-yaml lint-ansible" \
+		"sanity:$(MAKE) -s sanity" \
+		"unit:$(MAKE) -s unit" \
+		"molecule:$(MAKE) -s molecule"
+
+demo: setup images ## converge the demo hosts in local containers and show them
+	@tests/scripts/demo.sh
+
+demo-destroy: setup ## remove the demo containers
+	@source $(VENV)/bin/activate && molecule destroy -s harness
+
+build: setup ## build the collection tarball
+	ansible-galaxy collection build --force --output-path build/
+
+clean: ## remove build output and the controller venvs
+	rm -rf build .collections .venv .venv-sanity

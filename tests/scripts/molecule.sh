@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run molecule scenarios, several side by side (MOLECULE_JOBS, default 2), each logging
+# to build/logs/molecule-<scenario>.log. Container names carry the scenario name, so
+# parallel scenarios never collide. Prints a line per scenario with its wall time and
+# pytest's closing line; on failure, the tail of the failed scenario's log.
+#
+# usage: tests/scripts/molecule.sh [scenario ...]   (default: every molecule/*/molecule.yml)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+JOBS=${MOLECULE_JOBS:-2}
+LOGS=build/logs
+mkdir -p "$LOGS"
+# shellcheck disable=SC1091
+source .venv/bin/activate
+
+scenarios=("$@")
+if [ ${#scenarios[@]} -eq 0 ]; then
+    for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+fi
+
+run_one() {
+    local s=$1 started rc
+    started=$(date +%s)
+    ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 NO_COLOR=1 molecule test -s "$s" >"$LOGS/molecule-$s.log" 2>&1
+    rc=$?
+    echo "$s $rc $(($(date +%s) - started))" >"$LOGS/molecule-$s.result"
+    return $rc
+}
+
+pids=()
+for s in "${scenarios[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
+    echo "molecule: starting scenario $s"
+    run_one "$s" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+
+for s in "${scenarios[@]}"; do
+    read -r _ rc secs <"$LOGS/molecule-$s.result"
+    closing=$(grep -E '=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/molecule-$s.log" | tail -1 | sed 's/^[^=]*//')
+    printf 'molecule: %-14s %s  %4ss  %s\n' "$s" "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$secs" "$closing"
+    echo "$closing" >>"$LOGS/pytest-closing-lines.txt"
+    if [ "$rc" != 0 ]; then
+        echo "---- last 80 lines of $LOGS/molecule-$s.log ----"
+        tail -n 80 "$LOGS/molecule-$s.log"
+    fi
+done
+exit $status
