@@ -2,7 +2,7 @@
 # make demo: converge the demo hosts into local systemd containers and say what came up.
 # Until the full-stack scenario lands, the demo is the harness scenario's hosts.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 # shellcheck disable=SC1091
 source .venv/bin/activate
 SCENARIO=${DEMO_SCENARIO:-harness}

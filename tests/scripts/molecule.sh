@@ -6,7 +6,7 @@
 #
 # usage: tests/scripts/molecule.sh [scenario ...]   (default: every molecule/*/molecule.yml)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 JOBS=${MOLECULE_JOBS:-2}
 LOGS=build/logs
 mkdir -p "$LOGS"

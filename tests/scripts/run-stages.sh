@@ -4,7 +4,7 @@
 #
 # usage: tests/scripts/run-stages.sh "name:command" ...
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 mkdir -p build/logs
 : >build/logs/pytest-closing-lines.txt
 names=() secs=() results=()

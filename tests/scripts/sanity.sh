@@ -6,7 +6,7 @@
 # .gitignore does not exclude. ansible-test runs from .venv-sanity (ansible-core only) so
 # the pinned sanity tools never mix with the controller venv.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 CACHE_DIR=${KBXY_CACHE_DIR:-$HOME/.cache/kbxy}
 WORK="$CACHE_DIR/sanity"

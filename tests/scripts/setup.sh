@@ -2,7 +2,7 @@
 # make setup: controller venv, Python requirements, collections, host packages.
 # Idempotent: each part is skipped when already done for the same inputs.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
