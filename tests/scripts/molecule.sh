@@ -13,6 +13,10 @@ mkdir -p "$LOGS"
 # shellcheck disable=SC1091
 source .venv/bin/activate
 
+# apt-cacher-ng in a test container: .deb files are downloaded once for all scenarios.
+KBXY_APT_PROXY=$(tests/images/apt-cache.sh) || KBXY_APT_PROXY=""
+export KBXY_APT_PROXY
+
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
