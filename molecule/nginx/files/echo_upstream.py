@@ -1,0 +1,67 @@
+#!/usr/bin/python3
+"""Stand-in for the uvicorn app: answers every request with JSON describing it.
+
+Listens on a unix socket and on TCP 127.0.0.1:8001 (both are upstream servers
+of the test site). Like uvicorn, it closes idle keep-alive connections after
+5 seconds.
+"""
+import http.server
+import json
+import os
+import socketserver
+import sys
+import threading
+
+SOCKET = sys.argv[1] if len(sys.argv) > 1 else "/run/echo/echo.sock"
+TCP_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 8001
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 5  # uvicorn's --timeout-keep-alive default
+
+    def _answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        payload = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            "listener": self.server.listener,
+            "x_forwarded_for": self.headers.get("X-Forwarded-For"),
+            "x_real_ip": self.headers.get("X-Real-IP"),
+            "x_forwarded_proto": self.headers.get("X-Forwarded-Proto"),
+            "host": self.headers.get("Host"),
+            "body_length": len(body),
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def address_string(self):
+        return str(self.client_address or "unix")
+
+    def log_message(self, *args):
+        pass
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    listener = "unix"
+
+
+class TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    listener = "tcp"
+
+
+if os.path.exists(SOCKET):
+    os.unlink(SOCKET)
+unix_server = UnixServer(SOCKET, Handler)
+os.chmod(SOCKET, 0o666)
+tcp_server = TCPServer(("127.0.0.1", TCP_PORT), Handler)
+threading.Thread(target=tcp_server.serve_forever, daemon=True).start()
+unix_server.serve_forever()

@@ -1,0 +1,169 @@
+"""kbxy.platform.nginx, seen from inside each test host (traffic to 127.0.0.1 only)."""
+
+import json
+import shlex
+
+import pytest
+
+NAME = "shop.kbxy.test"
+CA = "/etc/nginx/tls/shop/ca.crt"
+CURL = f"curl -sS --max-time 10 --resolve {NAME}:443:127.0.0.1 --resolve {NAME}:80:127.0.0.1 --cacert {CA}"
+
+
+def curl(host, args):
+    result = host.run(f"{CURL} {args}")
+    assert result.rc == 0, result.stderr
+    return result.stdout
+
+
+def headers_of(host, path, extra=""):
+    out = curl(host, f"-o /dev/null -D - {extra} https://{NAME}{path}")
+    status = int(out.splitlines()[0].split()[1])
+    headers = {}
+    for line in out.splitlines()[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    return status, headers
+
+
+def s_client(host, options):
+    return host.run(
+        "timeout 10 openssl s_client -connect 127.0.0.1:443 "
+        f"-servername {NAME} -CAfile {CA} {options} </dev/null"
+    )
+
+
+def test_nginx_config_is_valid(host):
+    result = host.run("nginx -t")
+    assert result.rc == 0, result.stderr
+    assert host.service("nginx").is_running
+    assert host.service("nginx").is_enabled
+
+
+def test_only_tls12_and_tls13_configured(host):
+    dump = host.check_output("nginx -T 2>/dev/null")
+    protocols = {line.strip() for line in dump.splitlines() if line.strip().startswith("ssl_protocols")}
+    assert protocols == {"ssl_protocols TLSv1.2 TLSv1.3;"}
+    assert "ssl_session_tickets off;" in dump
+
+
+def test_http_redirects_to_https(host):
+    out = curl(host, f"-o /dev/null -D - http://{NAME}/some/page?x=1")
+    assert out.startswith("HTTP/1.1 301")
+    assert f"location: https://{NAME}/some/page?x=1" in out.lower()
+
+
+def test_acme_challenge_stays_on_http(host):
+    host.run("install -m 0644 /dev/null /var/lib/kbxy-acme/webroot/.well-known/acme-challenge/probe")
+    out = curl(host, f"-o /dev/null -w '%{{http_code}}' http://{NAME}/.well-known/acme-challenge/probe")
+    assert out == "200"
+
+
+@pytest.mark.parametrize("option", ["-tls1", "-tls1_1"])
+def test_old_tls_refused(host, option):
+    # SECLEVEL=0 lets Debian's OpenSSL client offer the old protocols, so the
+    # refusal is the server's
+    result = s_client(host, f"{option} -cipher DEFAULT@SECLEVEL=0")
+    assert result.rc != 0
+    assert "Cipher is (NONE)" in result.stdout or "no protocols available" in result.stderr or result.rc != 0
+
+
+@pytest.mark.parametrize("option,protocol", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
+def test_modern_tls_accepted(host, option, protocol):
+    result = s_client(host, option)
+    assert result.rc == 0, result.stderr
+    assert f"Protocol  : {protocol}" in result.stdout or f"New, {protocol}" in result.stdout
+    assert "Verify return code: 0 (ok)" in result.stdout
+
+
+def test_http2_negotiated(host):
+    assert curl(host, f"-o /dev/null -w '%{{http_version}}' https://{NAME}/") == "2"
+
+
+def test_certificate_names_and_key(host):
+    cert = host.check_output(
+        f"timeout 10 openssl s_client -connect 127.0.0.1:443 -servername {NAME} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -subject -ext subjectAltName,crlDistributionPoints -text"
+    )
+    assert f"CN = {NAME}" in cert or f"CN={NAME}" in cert
+    assert f"DNS:{NAME}" in cert and f"DNS:www.{NAME}" in cert
+    assert "http://shop.kbxy.test/ca.crl" in cert
+    assert "id-ecPublicKey" in cert and "prime256v1" in cert
+
+
+@pytest.mark.parametrize("path", ["/", "/assets/index-3f9a1c2b.js", "/api/echo", "/missing/asset.js"])
+def test_security_headers_everywhere(host, path):
+    status, headers = headers_of(host, path)
+    assert status in (200, 404)
+    assert headers["strict-transport-security"] == "max-age=63072000; includeSubDomains"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "strict-origin-when-cross-origin"
+    assert headers["content-security-policy"].startswith("default-src 'self'")
+    assert headers["server"] == "nginx"  # no version
+
+
+def test_spa_deep_link_serves_index(host):
+    body = curl(host, f"https://{NAME}/monsters/42/edit")
+    assert "kbxy-spa-index" in body
+    status, headers = headers_of(host, "/monsters/42/edit")
+    assert status == 200
+    assert headers["cache-control"] == "no-cache"
+
+
+def test_hashed_asset_cached_and_compressed(host):
+    status, headers = headers_of(host, "/assets/index-3f9a1c2b.js", "--compressed")
+    assert status == 200
+    assert headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert headers["content-encoding"] == "gzip"
+    status, _ = headers_of(host, "/assets/index-00000000.js")
+    assert status == 404  # a missing asset is not answered by index.html
+
+
+def test_api_reaches_upstream_with_client_address(host):
+    listeners = set()
+    for _ in range(4):
+        answer = json.loads(curl(host, f"-H 'X-Forwarded-For: 203.0.113.9' https://{NAME}/api/echo?q=1"))
+        assert answer["path"] == "/api/echo?q=1"
+        assert answer["x_real_ip"] == "127.0.0.1"
+        # a forged X-Forwarded-For is replaced by the address nginx saw
+        assert answer["x_forwarded_for"] == "127.0.0.1"
+        assert answer["x_forwarded_proto"] == "https"
+        assert answer["host"] == NAME
+        listeners.add(answer["listener"])
+    assert listeners <= {"unix", "tcp"}
+
+
+def test_upstream_keepalive_timeout_below_uvicorn(host):
+    site = host.file("/etc/nginx/kbxy/shop/site.conf").content_string
+    assert "least_conn;" in site
+    assert "keepalive_timeout 4s;" in site
+
+
+def test_broken_value_failed_and_site_kept_answering(host):
+    findings = json.loads(host.file("/var/tmp/kbxy-nginx-checks/broken.json").content_string)
+    assert "[emerg]" in findings["message"] and "notaport" in findings["message"]
+    assert findings["live_config_unchanged"] is True
+    assert findings["status"] == 200 and "kbxy-spa-index" in findings["page"]
+    assert "notaport" not in host.file("/etc/nginx/kbxy/shop/site.conf").content_string
+
+
+def test_reload_under_load_dropped_nothing(host):
+    findings = json.loads(host.file("/var/tmp/kbxy-nginx-checks/load.json").content_string)
+    assert findings["failures"] == []
+    assert findings["ok"] == findings["requests"] > 500
+
+
+def test_zz_rate_limit_answers_429_after_burst(host):
+    # 60 r/m with a burst of 10: at most 40 quick requests, 10 s in all
+    script = (
+        f"for i in $(seq 1 40); do {CURL} -o /dev/null -w '%{{http_code}}\\n' https://{NAME}/api/limit; done"
+    )
+    codes = host.check_output(f"timeout 60 bash -c {shlex.quote(script)}").split()
+    assert "429" in codes
+    first_429 = codes.index("429")
+    assert first_429 >= 5  # the burst was served
+    assert set(codes[:first_429]) == {"200"}
+    # static files are outside the API's limit
+    assert curl(host, f"-o /dev/null -w '%{{http_code}}' https://{NAME}/") == "200"
