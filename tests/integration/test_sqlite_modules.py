@@ -1,0 +1,194 @@
+# -*- coding: utf-8 -*-
+"""kbxy.platform.sqlite_integrity / sqlite_backup / sqlite_swap through ansible-playbook."""
+from __future__ import absolute_import, division, print_function
+
+import gzip
+import os
+import re
+import sqlite3
+
+import pytest
+
+import sqlite_testlib as lib
+
+pytestmark = pytest.mark.integration
+
+
+def task(name, module, ignore_errors=False, **args):
+    t = {"name": name, "kbxy.platform.%s" % module: args, "register": "r"}
+    if ignore_errors:
+        t["ignore_errors"] = True
+    return t
+
+
+def test_integrity_ok_wal_frames_and_corrupt_inputs(playbook, tmp_path):
+    db = lib.make_db(str(tmp_path / "live.db"), rows=0)
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    writer.execute("BEGIN")
+    writer.executemany("INSERT INTO items(name, body) VALUES (?, ?)", (("w-%d" % i, b"z" * 400) for i in range(1500)))
+    writer.execute("COMMIT")
+    bad = lib.corrupt_inputs(tmp_path)
+    try:
+        before = lib.file_state(db)
+        tasks = [task("ok", "sqlite_integrity", path=db),
+                 task("ok quick", "sqlite_integrity", path=db, check="quick", foreign_keys=False)]
+        tasks += [task(kind, "sqlite_integrity", ignore_errors=True, path=p) for kind, p in sorted(bad.items())]
+        bad_before = dict((k, lib.file_state(p)) for k, p in bad.items() if os.path.exists(p))
+        run = playbook(tasks)
+        assert lib.file_state(db) == before  # db, -wal bytes and mtimes unchanged
+        check_run = playbook(tasks[:1], check=True)
+    finally:
+        writer.close()
+    ok = run["ok"]
+    assert ok["ok"] is True and ok["changed"] is False and ok["errors"] == []
+    assert ok["journal_mode"] == "wal" and ok["page_size"] == 4096
+    assert ok["page_count"] * ok["page_size"] > before[""][1] * 10  # pages still in the -wal were checked
+    for key in ("foreign_key_violations", "freelist_count", "size_bytes", "user_version", "sqlite_version"):
+        assert key in ok
+    assert run["ok quick"]["ok"] is True
+    assert check_run["ok"]["ok"] is True and check_run["ok"]["changed"] is False
+    msgs = dict((k, run[k]["msg"]) for k in bad)
+    for k in bad:
+        assert run[k]["failed"] is True, k
+    assert msgs["missing"].endswith("missing.db: no such file")
+    assert "not an SQLite database" in msgs["random"] and "not an SQLite database" in msgs["not_sqlite"]
+    assert "database is not ok" in msgs["btree"] and "btree.db" in msgs["btree"]
+    assert "database is not ok" in msgs["truncated"]
+    assert run["btree"]["errors"]
+    for k, st in bad_before.items():
+        assert lib.file_state(bad[k]) == st, k
+
+
+def test_backup_with_writer_retention_and_check_mode(playbook, tmp_path):
+    db = lib.make_db(str(tmp_path / "app.db"), rows=2000, body_size=1000)
+    out = tmp_path / "backups"
+    out.mkdir()
+    old = ["app-20200105T000000Z.db.gz", "app-20200104T120000Z.db.gz", "app-20200104T000000Z.db.gz",
+           "app-20200101T000000Z.db.gz"]
+    for n in old:
+        (out / n).write_bytes(b"old backup")
+        (out / (n + ".json")).write_text("{}")
+    keep = {"last": 1, "daily": 3}
+    # check mode first: creates nothing, says what would be pruned
+    before = sorted(os.listdir(str(out)))
+    plan = playbook([task("plan", "sqlite_backup", src=db, dest_dir=str(out), keep=keep)], check=True)["plan"]
+    assert sorted(os.listdir(str(out))) == before
+    assert plan["changed"] is True
+    # newest first: the new one (last + daily), 01-05 (daily), 01-04 12:00 (daily); the rest is pruned
+    assert plan["pruned"] == [str(out / "app-20200104T000000Z.db.gz"), str(out / "app-20200101T000000Z.db.gz")]
+    w = lib.Writer(db, tmp_path, count=5000, duration=30, interval=0.002)
+    try:
+        w.wait_for(50)
+        seen_before = len(w.committed())
+        run = playbook([task("backup", "sqlite_backup", src=db, dest_dir=str(out), keep=keep, mode="0640")])
+        after = len(w.committed())
+        w.wait_for(after + 20)
+    finally:
+        summary = w.stop()
+    assert summary["rc"] == 0 and summary["errors"] == []
+    assert after > seen_before, "the writer did not write while the backup ran"
+    r = run["backup"]
+    assert r["changed"] is True and not r.get("failed")
+    assert re.match(r"^app-\d{8}T\d{6}Z\.db\.gz$", os.path.basename(r["backup_file"]))
+    assert sorted(r["pruned"]) == sorted([str(out / "app-20200104T000000Z.db.gz"), str(out / "app-20200101T000000Z.db.gz")])
+    assert r["kept"] == [r["backup_file"], str(out / "app-20200105T000000Z.db.gz"), str(out / "app-20200104T120000Z.db.gz")]
+    assert r["sha256"] == lib.sha256(r["backup_file"]) and r["size_bytes"] == os.path.getsize(r["backup_file"])
+    assert r["elapsed_s"] > 0
+    assert oct(os.stat(r["backup_file"]).st_mode & 0o777) == "0o640"
+    # zero lost writes: live db has every committed row; the backup a gap-free prefix incl. all rows before it started
+    assert lib.writer_ids(db) == w.committed()
+    restored = tmp_path / "restored.db"
+    with gzip.open(r["backup_file"]) as f:
+        restored.write_bytes(f.read())
+    ids = lib.writer_ids(str(restored))
+    assert ids == list(range(1, len(ids) + 1)) and len(ids) >= seen_before
+    assert not [n for n in os.listdir(str(out)) if n.endswith(".tmp")]
+
+
+def test_swap_online_with_writer_zero_lost_writes(playbook, tmp_path):
+    dest = lib.make_db(str(tmp_path / "app.db"), rows=500, tag="old", user_version=3)
+    src = lib.make_db(str(tmp_path / "app.db.new"), rows=200, tag="new", wal=False, user_version=4)
+    w = lib.Writer(dest, tmp_path, count=6000, duration=40, interval=0.003)
+    try:
+        w.wait_for(30)
+        run = playbook([task("swap", "sqlite_swap", src=src, dest=dest, backup_dir=str(tmp_path / "bk"))])
+        n = len(w.committed())
+        w.wait_for(n + 30)
+    finally:
+        summary = w.stop()
+    assert summary["rc"] == 0 and summary["errors"] == []
+    r = run["swap"]
+    assert r["changed"] is True and r["method"] == "online" and r["backup_file"]
+    assert r["src_sha256"] == lib.sha256(src) and r["elapsed_s"] > 0
+    assert lib.item_tags(dest) == ["new"]
+    ids = lib.writer_ids(dest)
+    committed = w.committed()
+    assert ids == list(range(ids[0], committed[-1] + 1)), "a committed write is missing after the swap"
+    assert ids[0] > 1
+    assert lib.item_tags(r["backup_file"]) == ["old"]
+
+
+def test_swap_rename_refused_with_pid(playbook, tmp_path):
+    dest = lib.make_db(str(tmp_path / "app.db"), rows=50)
+    src = lib.make_db(str(tmp_path / "new.db"), rows=10, tag="new", wal=False)
+    holder = lib.Holder(dest)
+    try:
+        before = lib.file_state(dest)
+        run = playbook([task("rename", "sqlite_swap", ignore_errors=True, src=src, dest=dest, method="rename")])
+        assert lib.file_state(dest) == before
+    finally:
+        holder.stop()
+    r = run["rename"]
+    assert r["failed"] is True and r["changed"] is False
+    assert "PID %d" % holder.pid in r["msg"] and "refusing" in r["msg"]
+    assert set(h["pid"] for h in r["holders"]) == {holder.pid}
+    assert dest in [h["path"] for h in r["holders"]]
+    # nobody holds it any more: now it works, and keeps the mode
+    os.chmod(dest, 0o640)
+    run = playbook([task("rename", "sqlite_swap", src=src, dest=dest, method="rename", backup=False)])
+    assert run["rename"]["changed"] is True and lib.item_tags(dest) == ["new"]
+    assert oct(os.stat(dest).st_mode & 0o777) == "0o640"
+
+
+def test_swap_schema_mismatch_same_content_and_diff(playbook, tmp_path):
+    dest = lib.make_db(str(tmp_path / "app.db"), rows=50, user_version=7)
+    src = lib.make_db(str(tmp_path / "new.db"), rows=20, tag="new", wal=False, user_version=8)
+    wrong = lib.make_db(str(tmp_path / "other_app.db"), rows=0,
+                        schema="CREATE TABLE monsters(id INTEGER PRIMARY KEY, name TEXT); CREATE TABLE writes(id INTEGER PRIMARY KEY);")
+    before = lib.file_state(dest)
+    # --check --diff with the default text callback: shows user_version and schema before/after, changes nothing
+    text = playbook([task("preview", "sqlite_swap", src=src, dest=dest)], check=True, diff=True, text=True)
+    assert text.rc == 0, text.stdout + text.stderr
+    assert "-user_version = 7" in text.stdout and "+user_version = 8" in text.stdout
+    assert lib.file_state(dest) == before
+    run = playbook([
+        task("wrong app", "sqlite_swap", ignore_errors=True, src=wrong, dest=dest),
+        task("swap", "sqlite_swap", src=src, dest=dest, backup_dir=str(tmp_path / "bk")),
+        task("again", "sqlite_swap", src=src, dest=dest, backup_dir=str(tmp_path / "bk")),
+    ], diff=True)
+    wr = run["wrong app"]
+    assert wr["failed"] is True and wr["changed"] is False
+    assert "schema of src" in wr["msg"] and "tables only in src: monsters" in wr["msg"]
+    assert "tables only in dest: items" in wr["msg"] and "allow_schema_change" in wr["msg"]
+    assert wr["schema_diff"]["tables_only_in_src"] == ["monsters"]
+    s = run["swap"]
+    assert s["changed"] is True
+    assert s["diff"]["before"].startswith("user_version = 7") and s["diff"]["after"].startswith("user_version = 8")
+    again = run["again"]
+    assert again["changed"] is False and again["backup_file"] is None
+    assert lib.item_tags(dest) == ["new"]
+    assert len([n for n in os.listdir(str(tmp_path / "bk")) if n.endswith(".db")]) == 1
+
+
+def test_swap_bad_src_leaves_dest_untouched(playbook, tmp_path):
+    dest = lib.make_db(str(tmp_path / "app.db"), rows=50)
+    bad = lib.corrupt_inputs(tmp_path / "..")
+    before = lib.file_state(dest)
+    kinds = ["btree", "missing", "not_sqlite"]
+    run = playbook([task(k, "sqlite_swap", ignore_errors=True, src=bad[k], dest=dest) for k in kinds])
+    assert lib.file_state(dest) == before
+    assert "database is not ok" in run["btree"]["msg"]
+    assert "no such file" in run["missing"]["msg"]
+    assert "not an SQLite database" in run["not_sqlite"]["msg"]
