@@ -56,8 +56,8 @@ if timeout 8 "$VENV/bin/python" -c 'import urllib.request; urllib.request.urlope
 else
     say "galaxy not reachable: using the collections bundled with the ansible package"
 fi
+installed=$(ANSIBLE_COLLECTIONS_PATH=.collections "$VENV/bin/ansible-galaxy" collection list 2>/dev/null)
 for fqcn in community.general community.crypto ansible.posix community.docker; do
-    ANSIBLE_COLLECTIONS_PATH=.collections "$VENV/bin/ansible-galaxy" collection list "$fqcn" 2>/dev/null \
-        | grep -q "^$fqcn " || { say "ERROR: collection $fqcn not found"; exit 1; }
+    grep -q "^$fqcn " <<<"$installed" || { say "ERROR: collection $fqcn not found"; exit 1; }
 done
 say "ready: $("$VENV/bin/ansible" --version | head -1)"
