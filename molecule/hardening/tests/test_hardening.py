@@ -1,0 +1,308 @@
+"""kbxy.platform.hardening, measured from outside.
+
+kbxy-hardening-debian12 is a web host (nginx answering 401 on the API token
+path; root has an authorized key), kbxy-hardening-debian13 an app host whose
+root has no key (the lockout guard keeps password login on). The outside host
+scans and attacks them. Traffic goes only to these containers' own addresses,
+read from `docker inspect`; every loop is bounded in count and time.
+"""
+import json
+import os
+import re
+import shlex
+import time
+from datetime import datetime
+
+import docker
+import pytest
+import testinfra
+import testinfra.utils.ansible_runner
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("hardened")
+
+WEB = "kbxy-hardening-debian12"
+APP = "kbxy-hardening-debian13"
+OUTSIDE_NAME = "kbxy-hardening-outside"
+OUTSIDE = testinfra.get_host(f"docker://{OUTSIDE_NAME}")
+HOSTS = {name: testinfra.get_host(f"docker://{name}") for name in (WEB, APP)}
+
+# A fixed list, never a range: ssh, smtp, web, databases, app and upscaling ports.
+SCAN_PORTS = [22, 25, 80, 443, 3306, 5432, 6379, 8000, 8080, 8090]
+EXPECTED_OPEN = {WEB: {22, 80, 443}, APP: {22}}
+INTERNAL_PORTS = [8000, 8090]
+BANTIME_MAX_S = 30  # the scenario's bantime 20s, bantime.maxtime 30s
+UFW_LIMIT_WINDOW_S = 30  # ufw limit: 6 new connections in 30 s per address
+
+
+def address(name):
+    networks = docker.from_env().containers.get(name).attrs["NetworkSettings"]["Networks"]
+    return next(net["IPAddress"] for net in networks.values() if net["IPAddress"])
+
+
+OUTSIDE_IP = address(OUTSIDE_NAME)
+
+
+def name_of(host):
+    return host.backend.get_hostname()
+
+
+def run_python(on, script, *args):
+    """Run a Python snippet on a test host, return its JSON output."""
+    quoted = " ".join(shlex.quote(str(a)) for a in args)
+    result = on.run(f"timeout 120 python3 -c {shlex.quote(script)} {quoted}")
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+SCAN = r"""
+import json, socket, sys, concurrent.futures as cf
+ip, ports = sys.argv[1], [int(p) for p in sys.argv[2].split(',')]
+def probe(port):
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect((ip, port)); return port, 'open'
+    except ConnectionRefusedError:
+        return port, 'refused'
+    except OSError:
+        return port, 'filtered'
+    finally:
+        s.close()
+with cf.ThreadPoolExecutor(len(ports)) as ex:
+    print(json.dumps(dict(ex.map(probe, ports))))
+"""
+
+# Holds one connection open to sshd, then fails logins (invalid user) until the
+# connection is refused (at most 6), then checks whether the held connection still
+# talks: an SSH client ident normally gets the server's KEXINIT back.
+ATTACK = r"""
+import json, socket, subprocess, sys, time
+ip, user, hold, tries = sys.argv[1], sys.argv[2], sys.argv[3] == 'hold', int(sys.argv[4])
+out = {'attempts': []}
+held = None
+if hold:
+    held = socket.create_connection((ip, 22), timeout=5)
+    out['banner'] = held.recv(256).decode(errors='replace').strip()
+for i in range(tries):
+    started = time.time()
+    p = subprocess.run(['ssh', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no',
+                        '-o', 'UserKnownHostsFile=/dev/null', '-o', 'ConnectTimeout=3',
+                        f'{user}@{ip}', 'true'], capture_output=True, text=True, timeout=15)
+    err = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''
+    kind = 'denied' if 'Permission denied' in err else 'refused' if 'refused' in err else err
+    out['attempts'].append({'t': started, 'result': kind})
+    if kind == 'refused':
+        break
+    time.sleep(0.2)
+if held is not None:
+    time.sleep(2.5)
+    held.settimeout(4)
+    try:
+        held.sendall(b'SSH-2.0-kbxy-probe\r\n')
+        data = held.recv(4096)
+        out['held'] = 'talks' if data else 'eof'
+    except ConnectionResetError:
+        out['held'] = 'reset'
+    except socket.timeout:
+        out['held'] = 'silent'
+    except OSError as e:
+        out['held'] = 'error: %s' % e
+    held.close()
+print(json.dumps(out))
+"""
+
+
+def f2b_banned(host, jail):
+    status = host.check_output(f"fail2ban-client status {jail}")
+    match = re.search(r"Banned IP list:\s*(.*)$", status, re.M)
+    return match.group(1).split() if match else []
+
+
+def unban(host, ip):
+    host.run(f"fail2ban-client unban {ip}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def listeners():
+    """Something listens on every scanned port, so only UFW decides what is reachable."""
+    started = []
+    for name, host in HOSTS.items():
+        listening = host.check_output("ss -Hltn")
+        for port in SCAN_PORTS:
+            if re.search(rf"[:\]]{port}\s", listening):
+                continue
+            unit = f"kbxy-probe-{port}"
+            host.run(f"systemctl stop {unit}")
+            host.check_output(f"systemd-run --unit {unit} --collect python3 -m http.server {port}")
+            started.append((host, unit))
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            listening = host.check_output("ss -Hltn")
+            if all(re.search(rf"[:\]]{p}\s", listening) for p in SCAN_PORTS):
+                break
+            time.sleep(0.5)
+    for name in HOSTS:
+        unban(HOSTS[name], OUTSIDE_IP)
+    yield
+    for host, unit in started:
+        host.run(f"systemctl stop {unit}")
+
+
+def test_ufw_defaults_and_ipv6(host):
+    status = host.check_output("ufw status verbose")
+    assert "Status: active" in status
+    assert "Default: deny (incoming), allow (outgoing)" in status
+    assert re.search(r"^22/tcp \(v6\)\s+LIMIT IN", status, re.M), status
+    assert "IPV6=yes" in host.file("/etc/default/ufw").content_string
+    # In a container UFW must not try to write the read-only /proc/sys.
+    assert "IPT_SYSCTL=/dev/null" in host.file("/etc/default/ufw").content_string
+
+
+def test_port_scan_from_outside_shows_only_allowed_ports(host):
+    ip = address(name_of(host))
+    result = run_python(OUTSIDE, SCAN, ip, ",".join(map(str, SCAN_PORTS)))
+    open_ports = {int(p) for p, state in result.items() if state == "open"}
+    assert open_ports == EXPECTED_OPEN[name_of(host)], result
+
+
+def test_internal_ports_open_to_web_host_only():
+    ip = address(APP)
+    from_web = run_python(HOSTS[WEB], SCAN, ip, ",".join(map(str, INTERNAL_PORTS)))
+    from_outside = run_python(OUTSIDE, SCAN, ip, ",".join(map(str, INTERNAL_PORTS)))
+    assert set(from_web.values()) == {"open"}, from_web
+    assert "open" not in from_outside.values(), from_outside
+
+
+def sshd_effective(host):
+    lines = host.check_output("sshd -T -C user=root,host=x,addr=192.0.2.1").splitlines()
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def test_sshd_hardened(host):
+    conf = sshd_effective(host)
+    assert conf["permitrootlogin"] == "without-password"
+    assert conf["maxauthtries"] == "3"
+    assert conf["x11forwarding"] == "no"
+    assert conf["kexalgorithms"].startswith(("mlkem768x25519-sha256", "sntrup761x25519-sha512"))
+    assert not re.search(r"sha1|cbc|md5", conf["ciphers"] + conf["macs"] + conf["kexalgorithms"])
+    assert host.run("sshd -t").rc == 0
+
+
+def test_lockout_guard():
+    """Password login goes off only where the connecting user (root) has a key."""
+    assert sshd_effective(HOSTS[WEB])["passwordauthentication"] == "no"
+    assert sshd_effective(HOSTS[WEB])["kbdinteractiveauthentication"] == "no"
+    assert sshd_effective(HOSTS[APP])["passwordauthentication"] == "yes"
+    dropin = HOSTS[APP].file("/etc/ssh/sshd_config.d/00-kbxy-hardening.conf").content_string
+    assert "lockout guard, no authorized key for root" in dropin
+
+
+def test_fail2ban_config_and_jails(host):
+    assert host.run("fail2ban-client -t").rc == 0
+    jails = host.check_output("fail2ban-client status")
+    expected = {"sshd"}
+    if name_of(host) == WEB:
+        expected |= {"nginx-limit-req", "nginx-http-auth", "nginx-botsearch", "elizabeth-api"}
+    listed = set(re.search(r"Jail list:\s*(.*)$", jails, re.M).group(1).replace(",", " ").split())
+    assert listed == expected
+    sshd = host.check_output("fail2ban-client status sshd")
+    assert "Journal matches" in sshd  # backend systemd: the journal is the log here
+    assert host.check_output("fail2ban-client get sshd actions").splitlines()[-1] == "kbxy-ufw"
+    assert host.check_output("fail2ban-client get sshd bantime") == "20"
+
+
+def test_allowlisted_address_is_never_banned():
+    target = address(APP)
+    web_ip = address(WEB)
+    # 5 failures: more than the scenario's maxretry (3), fewer than UFW's ssh limit (6).
+    result = run_python(HOSTS[WEB], ATTACK, target, "nosuchadmin", "nohold", 5)
+    assert [a["result"] for a in result["attempts"]] == ["denied"] * 5, result
+    time.sleep(2)
+    assert web_ip not in f2b_banned(HOSTS[APP], "sshd")
+
+
+def journal_time(line):
+    return datetime.fromisoformat(line.split()[0]).timestamp()
+
+
+def test_ssh_bruteforce_is_banned_and_open_connection_cut(host):
+    name = name_of(host)
+    ip = address(name)
+    since = host.check_output("date +%s.%N")
+    try:
+        result = run_python(OUTSIDE, ATTACK, ip, "nosuchuser", "hold", 6)
+        results = [a["result"] for a in result["attempts"]]
+        assert result["banner"].startswith("SSH-2.0-"), result
+        assert results[-1] == "refused" and results.count("denied") >= 3, result
+        assert OUTSIDE_IP in f2b_banned(host, "sshd")
+        assert re.search(rf"REJECT IN\s+{re.escape(OUTSIDE_IP)}\s", host.check_output("ufw status verbose"))
+        # Ban within 2 s of the last failure: sshd's journal against fail2ban's log.
+        fails = host.check_output(
+            f"journalctl -o short-iso-precise --since @{since.split('.')[0]} -u ssh.service "
+            f"| grep 'Invalid user nosuchuser from {OUTSIDE_IP} '").splitlines()
+        bans = [line for line in host.file("/var/log/fail2ban.log").content_string.splitlines()
+                if f"[sshd] Ban {OUTSIDE_IP}" in line]
+        ban_t = datetime.strptime(bans[-1][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        delay = ban_t - journal_time(fails[-1])
+        assert -0.5 < delay <= 2.0, (delay, fails[-1], bans[-1])
+        # The connection opened before the ban no longer talks.
+        assert result["held"] in ("reset", "eof", "silent"), result
+        if name == APP:
+            # The ban lifts after bantime (20 s here, at most bantime.maxtime 30 s).
+            deadline = time.time() + BANTIME_MAX_S + 10
+            while OUTSIDE_IP in f2b_banned(host, "sshd") and time.time() < deadline:
+                time.sleep(1)
+            assert OUTSIDE_IP not in f2b_banned(host, "sshd")
+            assert OUTSIDE_IP not in host.check_output("ufw status")
+            # Let UFW's own ssh rate limit forget the attack, then connect once.
+            last_hit = result["attempts"][-1]["t"]
+            time.sleep(max(0, last_hit + UFW_LIMIT_WINDOW_S + 1 - time.time()))
+            assert run_python(OUTSIDE, SCAN, ip, "22") == {"22": "open"}
+    finally:
+        unban(host, OUTSIDE_IP)
+
+
+API_401 = r"""
+import json, sys, urllib.request, urllib.error, time
+ip = sys.argv[1]
+codes = []
+for i in range(8):
+    req = urllib.request.Request(f'http://{ip}/api/v1/rooms/r{i}/tokens', data=b'{}', method='POST')
+    try:
+        codes.append(urllib.request.urlopen(req, timeout=3).status)
+    except urllib.error.HTTPError as e:
+        codes.append(e.code)
+    except (urllib.error.URLError, OSError) as e:
+        codes.append(str(getattr(e, 'reason', e)))
+        break
+    time.sleep(0.3)
+print(json.dumps(codes))
+"""
+
+
+def test_api_jail_bans_repeated_401():
+    host = HOSTS[WEB]
+    ip = address(WEB)
+    try:
+        codes = run_python(OUTSIDE, API_401, ip)
+        assert codes[:5] == [401] * 5, codes
+        deadline = time.time() + 5
+        while OUTSIDE_IP not in f2b_banned(host, "elizabeth-api") and time.time() < deadline:
+            time.sleep(0.5)
+        assert OUTSIDE_IP in f2b_banned(host, "elizabeth-api")
+        assert run_python(OUTSIDE, SCAN, ip, "80") == {"80": "refused"}
+    finally:
+        unban(host, OUTSIDE_IP)
+    assert run_python(OUTSIDE, SCAN, ip, "80") == {"80": "open"}
+
+
+def test_sysctl_skipped_in_container_limits_upgrades_journald(host):
+    assert not host.file("/etc/sysctl.d/60-kbxy-hardening.conf").exists
+    limits = host.file("/etc/security/limits.d/60-kbxy-hardening.conf").content_string
+    assert re.search(r"^\*\s+hard\s+nofile\s+65536", limits, re.M)
+    assert 'Unattended-Upgrade "1"' in host.file("/etc/apt/apt.conf.d/20auto-upgrades").content_string
+    assert host.package("unattended-upgrades").is_installed
+    assert host.file("/var/log/journal").is_directory
+    assert "SystemMaxUse=500M" in host.file("/etc/systemd/journald.conf.d/60-kbxy-hardening.conf").content_string
+    failed = host.check_output("systemctl list-units --failed --plain --no-legend")
+    assert failed == "", failed
