@@ -1,0 +1,1 @@
+"""kbxy-demo: the demo FastAPI + SQLite application of the kbxy.platform collection."""
