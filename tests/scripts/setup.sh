@@ -60,4 +60,5 @@ installed=$(ANSIBLE_COLLECTIONS_PATH=.collections "$VENV/bin/ansible-galaxy" col
 for fqcn in community.general community.crypto ansible.posix community.docker; do
     grep -q "^$fqcn " <<<"$installed" || { say "ERROR: collection $fqcn not found"; exit 1; }
 done
-say "ready: $("$VENV/bin/ansible" --version | head -1)"
+version=$("$VENV/bin/ansible" --version 2>/dev/null)
+say "ready: ${version%%$'\n'*}"
