@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Stand-in for the uvicorn app: answers every request with JSON describing it.
 
 Listens on a unix socket and on TCP 127.0.0.1:8001 (both are upstream servers
@@ -6,6 +5,7 @@ of the test site). Like uvicorn, it closes idle keep-alive connections after
 5 seconds.
 """
 import http.server
+import itertools
 import json
 import os
 import socketserver
@@ -14,11 +14,18 @@ import threading
 
 SOCKET = sys.argv[1] if len(sys.argv) > 1 else "/run/echo/echo.sock"
 TCP_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 8001
+CONNECTIONS = itertools.count(1)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 5  # uvicorn's --timeout-keep-alive default
+
+    def setup(self):
+        super().setup()
+        # one handler per connection: numbers the upstream connection, so a
+        # client can tell whether nginx reused a cached one
+        self.connection_number = next(CONNECTIONS)
 
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -27,6 +34,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "method": self.command,
             "path": self.path,
             "listener": self.server.listener,
+            "connection": f"{self.server.listener}-{self.connection_number}",
             "x_forwarded_for": self.headers.get("X-Forwarded-For"),
             "x_real_ip": self.headers.get("X-Real-IP"),
             "x_forwarded_proto": self.headers.get("X-Forwarded-Proto"),
