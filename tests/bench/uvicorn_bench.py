@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark of the kbxy.platform.uvicorn demo deployment, inside a test container.
 
 Needs the hosts of the molecule scenario `uvicorn` (molecule converge -s uvicorn) and
@@ -53,10 +52,9 @@ print(json.dumps({"ok": ok, "errors": err, "seconds": round(elapsed, 2), "rps": 
 '''
 
 
-def playbook(inventory, limit, *extra):
-    args = ["ansible-playbook", "-i", inventory, "-l", limit, str(DEPLOY)]
-    for e in extra:
-        args += ["-e", e]
+def playbook(inventory, limit, **extra_vars):
+    # JSON extra vars keep their types: "-e uvicorn_workers=4" would pass the string "4"
+    args = ["ansible-playbook", "-i", inventory, "-l", limit, str(DEPLOY), "-e", json.dumps(extra_vars)]
     started = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode:
@@ -78,7 +76,7 @@ def main():
         sys.exit("set MOLECULE_INVENTORY_FILE or --inventory")
     results = {"host": args.host, "rps": {}}
     for workers in [int(w) for w in args.workers.split(",")]:
-        playbook(args.inventory, args.host, f"uvicorn_workers={workers}")
+        playbook(args.inventory, args.host, uvicorn_workers=workers)
         out = subprocess.run(
             ["docker", "exec", args.host, "python3", "-c", LOAD, "/run/kbxy-demo/1.sock", str(args.seconds),
              str(args.max_requests), str(args.client_procs), str(args.client_conns)],
@@ -87,7 +85,7 @@ def main():
         print(f"workers={workers}: {results['rps'][workers]}", flush=True)
     version = f"9.{int(time.time())}"
     results["deploy_seconds_2_instances"] = round(
-        playbook(args.inventory, args.host, f"uvicorn_app_version={version}", "uvicorn_instances=2"), 1)
+        playbook(args.inventory, args.host, uvicorn_app_version=version, uvicorn_instances=2), 1)
     print(f"health-gated deploy of release {version} to 2 instances: {results['deploy_seconds_2_instances']} s")
     print(json.dumps(results))
 
