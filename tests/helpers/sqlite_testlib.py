@@ -36,6 +36,19 @@ def make_db(path, rows=200, tag="old", wal=True, page_size=4096, user_version=1,
     return path
 
 
+def open_with_wal_frames(path, rows, tag, body_size):
+    """Commit ``rows`` items that stay in the -wal (no checkpoint) and return the open
+    connection: closing the last connection would checkpoint them into the database."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO items(name, body) VALUES (?, ?)",
+                     (("%s-%d" % (tag, i), b"x" * body_size) for i in range(rows)))
+    conn.execute("COMMIT")
+    return conn
+
+
 def file_state(path):
     """(sha256, size, mtime_ns) of path and its -wal.
 

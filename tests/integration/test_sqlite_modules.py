@@ -5,7 +5,6 @@ from __future__ import absolute_import, division, print_function
 import gzip
 import os
 import re
-import sqlite3
 
 import pytest
 
@@ -23,12 +22,7 @@ def task(name, module, ignore_errors=False, **args):
 
 def test_integrity_ok_wal_frames_and_corrupt_inputs(playbook, tmp_path):
     db = lib.make_db(str(tmp_path / "live.db"), rows=0)
-    writer = sqlite3.connect(db, isolation_level=None)
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    writer.execute("BEGIN")
-    writer.executemany("INSERT INTO items(name, body) VALUES (?, ?)", (("w-%d" % i, b"z" * 400) for i in range(1500)))
-    writer.execute("COMMIT")
+    writer = lib.open_with_wal_frames(db, rows=1500, tag="w", body_size=400)
     bad = lib.corrupt_inputs(tmp_path)
     try:
         before = lib.file_state(db)

@@ -29,12 +29,7 @@ def test_ok_database(tmp_path):
 
 def test_wal_with_uncheckpointed_frames_is_checked_and_left_unchanged(tmp_path):
     db = lib.make_db(str(tmp_path / "w.db"), rows=0)
-    writer = sqlite3.connect(db, isolation_level=None)
-    writer.execute("PRAGMA wal_autocheckpoint=0")
-    writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    writer.execute("BEGIN")
-    writer.executemany("INSERT INTO items(name, body) VALUES (?, ?)", (("wal-%d" % i, b"x" * 500) for i in range(2000)))
-    writer.execute("COMMIT")
+    writer = lib.open_with_wal_frames(db, rows=2000, tag="wal", body_size=500)
     try:
         before = lib.file_state(db)
         assert before["-wal"] is not None and before["-wal"][1] > 100000
