@@ -19,7 +19,14 @@ export KBXY_APT_PROXY
 
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
-    for f in molecule/*/molecule.yml; do scenarios+=("$(basename "$(dirname "$f")")"); done
+    # the longest first, so the last one to start is a short one and the slots stay full
+    for s in stack realesrgan nginx hardening uvicorn sqlite_backup; do
+        [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
+    done
+    for f in molecule/*/molecule.yml; do
+        s=$(basename "$(dirname "$f")")
+        [[ " ${scenarios[*]} " == *" $s "* ]] || scenarios+=("$s")
+    done
 fi
 
 run_one() {
