@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR := 0
 export PY_COLORS := 0
 
-.PHONY: help setup engine images lint lint-yaml lint-ansible sanity unit molecule test demo demo-destroy build clean
+.PHONY: help setup engine images lint lint-yaml lint-ansible sanity unit setup-esrgan esrgan bench-esrgan molecule test demo demo-destroy build clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,17 @@ unit: setup ## pytest: module_utils unit tests and module integration tests
 	pytest -p no:cacheprovider -n 2 -q | tee build/logs/unit.log; rc=$$?; \
 	tail -n 1 build/logs/unit.log >> build/logs/pytest-closing-lines.txt; exit $$rc
 
+setup-esrgan: ## controller venv .venv-esrgan: torch, spandrel, realesrgan reference (uv-cached, stamped)
+	@tests/scripts/setup-realesrgan.sh
+
+esrgan: setup-esrgan ## kbxy-upscale tests on the CPU (equivalence with RealESRGANer, API, load, jobs)
+	@set -o pipefail; mkdir -p build/logs; \
+	.venv-esrgan/bin/pytest -c tests/realesrgan/pytest.ini --rootdir . | tee build/logs/realesrgan.log; rc=$$?; \
+	tail -n 1 build/logs/realesrgan.log >> build/logs/pytest-closing-lines.txt; exit $$rc
+
+bench-esrgan: setup-esrgan ## kbxy-upscale vs RealESRGANer MP/s (ARGS=--gpu on CUDA)
+	.venv-esrgan/bin/python tests/bench/realesrgan_bench.py $(ARGS)
+
 molecule: setup images ## every molecule scenario (MOLECULE_JOBS side by side; SCENARIOS= to pick)
 	@tests/scripts/molecule.sh $(SCENARIOS)
 
@@ -51,6 +62,7 @@ test: ## everything, from nothing, with a per-stage timing summary
 		"lint:$(MAKE) -s lint-yaml lint-ansible" \
 		"sanity:$(MAKE) -s sanity" \
 		"unit:$(MAKE) -s unit" \
+		"esrgan:$(MAKE) -s esrgan" \
 		"molecule:$(MAKE) -s molecule"
 
 demo: setup images ## converge the demo hosts in local containers and show them
@@ -63,4 +75,4 @@ build: setup ## build the collection tarball
 	ansible-galaxy collection build --force --output-path build/
 
 clean: ## remove build output and the controller venvs
-	rm -rf build .collections .venv .venv-sanity
+	rm -rf build .collections .venv .venv-sanity .venv-esrgan
