@@ -53,7 +53,7 @@ print(json.dumps({"ok": ok, "errors": err, "seconds": round(elapsed, 2), "rps": 
 
 
 def playbook(inventory, limit, **extra_vars):
-    # JSON extra vars keep their types: "-e uvicorn_workers=4" would pass the string "4"
+    # JSON extra vars keep their types (the role also casts key=value strings such as "-e uvicorn_workers=4")
     args = ["ansible-playbook", "-i", inventory, "-l", limit, str(DEPLOY), "-e", json.dumps(extra_vars)]
     started = time.monotonic()
     proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
