@@ -29,7 +29,7 @@ mkdir -p "$(dirname "$bootstrap")"
 cmp -s tests/scripts/get_pip_offline.py "$bootstrap" || cp tests/scripts/get_pip_offline.py "$bootstrap"
 
 rm -rf "$DEST" && mkdir -p "$DEST"
-git ls-files --cached --others --exclude-standard -z | rsync -a --from0 --files-from=- ./ "$DEST/"
+git ls-files --cached --others --exclude-standard -z | rsync -a --ignore-missing-args --from0 --files-from=- ./ "$DEST/"
 cd "$DEST"
 git init -q . && git add -A
 exec "$ROOT/$SANITY_VENV/bin/ansible-test" sanity --venv --requirements --python 3.11 --color no "$@"
