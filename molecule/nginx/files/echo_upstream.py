@@ -1,8 +1,10 @@
 """Stand-in for the uvicorn app: answers every request with JSON describing it.
 
-Listens on a unix socket and on TCP 127.0.0.1:8001 (both are upstream servers
-of the test site). Like uvicorn, it closes idle keep-alive connections after
-5 seconds.
+Listens on a unix socket and on TCP 127.0.0.1:<port> (both are upstream
+servers of the test site); a third argument names the instance in every answer
+("upstream"), so a test can tell which upstream nginx reached. Like uvicorn, it
+closes idle keep-alive connections after 5 seconds. A "sleep=<seconds>" query
+parameter (at most 10) delays the answer, to test nginx's read timeouts.
 """
 import http.server
 import itertools
@@ -11,9 +13,12 @@ import os
 import socketserver
 import sys
 import threading
+import time
+import urllib.parse
 
 SOCKET = sys.argv[1] if len(sys.argv) > 1 else "/run/echo/echo.sock"
 TCP_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else 8001
+UPSTREAM = sys.argv[3] if len(sys.argv) > 3 else "main"
 CONNECTIONS = itertools.count(1)
 
 
@@ -30,7 +35,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        delay = min(float(query.get("sleep", ["0"])[0]), 10.0)
+        if delay > 0:
+            time.sleep(delay)
         payload = json.dumps({
+            "upstream": UPSTREAM,
             "method": self.command,
             "path": self.path,
             "listener": self.server.listener,

@@ -27,7 +27,7 @@ context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE
 lock = threading.Lock()
 stats = {"requests": 0, "ok": 0, "failures": [], "started": time.time()}
-deadline = time.monotonic() + min(args.seconds, 600)
+deadline = time.monotonic() + min(args.seconds, 900)
 
 
 def stopped():

@@ -62,6 +62,34 @@ def test_only_tls12_and_tls13_configured(host):
     assert "ssl_session_tickets off;" in dump
 
 
+def test_testssl_rates_a_plus(host):
+    # side_effect.yml ran testssl 3.2 (Debian 13) against this host's loopback,
+    # trusting the site's throwaway CA; bookworm's testssl 3.0.8 cannot rate
+    if host.system_info.codename != "trixie":
+        pytest.skip("the TLS scan runs on Debian 13 (testssl 3.2)")
+    run = json.loads(host.file("/var/tmp/kbxy-nginx-checks/testssl-run.json").content_string)
+    findings = json.loads(host.file("/var/tmp/kbxy-nginx-checks/testssl.json").content_string)
+    by_id = {item["id"]: item for item in findings}
+    print(f"testssl: grade {by_id['overall_grade']['finding']}, score {by_id['final_score']['finding']}, "
+          f"scan {run['seconds']} s, rc {run['rc']}")
+    assert run["rc"] < 242
+    # the scan saw this site: its certificate, trusted through the throwaway CA
+    assert by_id["cert_commonName"]["finding"] == NAME
+    assert by_id["cert_chain_of_trust"]["finding"].startswith("passed")
+    assert by_id["overall_grade"]["finding"] == "A+"
+    assert not [item["id"] for item in findings if item["id"].startswith("grade_cap")]
+    assert [item["id"] for item in findings if item["severity"] in ("HIGH", "CRITICAL", "FATAL")] == []
+    # "not offered" is the good outcome: no old protocol, no weak cipher class
+    for weak in ("SSLv2", "SSLv3", "TLS1", "TLS1_1", "cipherlist_NULL", "cipherlist_aNULL", "cipherlist_EXPORT",
+                 "cipherlist_LOW", "cipherlist_3DES_IDEA", "cipherlist_OBSOLETED"):
+        assert by_id[weak]["finding"] == "not offered", by_id[weak]
+    assert by_id["TLS1_2"]["finding"] == "offered"
+    assert by_id["TLS1_3"]["finding"].startswith("offered")
+    # every vulnerability the rating looks at came back not vulnerable
+    for check in ("heartbleed", "CCS", "ROBOT", "CRIME_TLS", "POODLE_SSL", "DROWN", "BEAST", "LOGJAM", "RC4"):
+        assert by_id[check]["finding"].startswith("not vulnerable"), by_id[check]
+
+
 def test_http_redirects_to_https(host):
     out = curl(host, f"-o /dev/null -D - http://{NAME}/some/page?x=1")
     assert out.startswith("HTTP/1.1 301")
@@ -160,6 +188,43 @@ def test_api_reaches_upstream_with_client_address(host):
     assert listeners <= {"unix", "tcp"}
 
 
+def test_extra_proxy_reaches_its_upstream_with_prefix_stripped(host):
+    # vars/site.yml: /ai/ -> 127.0.0.1:8002, /files/v2/ -> unix:/run/echo-ai/echo.sock,
+    # both served by the stand-in "ai", not the site's app ("main")
+    answer = json.loads(curl(host, f"-H 'X-Forwarded-For: 203.0.113.9' https://{NAME}/ai/v1/upscale?scale=4"))
+    assert answer["upstream"] == "ai" and answer["listener"] == "tcp"
+    assert answer["path"] == "/v1/upscale?scale=4"
+    assert answer["x_real_ip"] == answer["x_forwarded_for"] == "127.0.0.1"
+    assert answer["x_forwarded_proto"] == "https"
+    assert answer["host"] == NAME
+    answer = json.loads(curl(host, f"https://{NAME}/files/v2/a/b.png"))
+    assert answer["upstream"] == "ai" and answer["listener"] == "unix"
+    assert answer["path"] == "/a/b.png"
+    # the site's own API still reaches the site's app, prefix kept
+    assert json.loads(curl(host, f"https://{NAME}/api/v1/upscale"))["upstream"] == "main"
+    status, headers = headers_of(host, "/ai/v1/health")
+    assert status == 200
+    assert headers["strict-transport-security"].startswith("max-age=63072000")
+    assert headers["x-frame-options"] == "DENY"
+
+
+def test_extra_proxy_has_its_own_body_size_limit(host):
+    # /ai/ accepts 1m, the rest of the site 50m
+    host.check_output("head -c 1572864 /dev/zero >/var/tmp/kbxy-1.5m.bin && head -c 524288 /dev/zero >/var/tmp/kbxy-512k.bin")
+    post = "-o /dev/null -w '%{http_code}' --data-binary @/var/tmp/kbxy-1.5m.bin"
+    assert curl(host, f"{post} https://{NAME}/ai/v1/upscale") == "413"
+    answer = json.loads(curl(host, f"--data-binary @/var/tmp/kbxy-1.5m.bin https://{NAME}/api/upload"))
+    assert answer["upstream"] == "main" and answer["body_length"] == 1572864
+    answer = json.loads(curl(host, f"--data-binary @/var/tmp/kbxy-512k.bin https://{NAME}/ai/v1/upscale"))
+    assert answer["upstream"] == "ai" and answer["method"] == "POST" and answer["body_length"] == 524288
+
+
+def test_extra_proxy_has_its_own_read_timeout(host):
+    # /ai/ waits 2 s for its upstream, the API the site's 60 s
+    assert curl(host, f"-o /dev/null -w '%{{http_code}}' https://{NAME}/ai/slow?sleep=3") == "504"
+    assert curl(host, f"-o /dev/null -w '%{{http_code}}' https://{NAME}/api/slow?sleep=3") == "200"
+
+
 def test_upstream_keepalive_timeout_below_uvicorn(host):
     site = host.file("/etc/nginx/kbxy/shop/site.conf").content_string
     assert "least_conn;" in site
@@ -244,3 +309,15 @@ def test_zz_rate_limit_answers_429_after_burst(host):
     assert set(codes[:first_429]) == {"200"}
     # static files are outside the API's limit
     assert curl(host, f"-o /dev/null -w '%{{http_code}}' https://{NAME}/") == "200"
+
+
+def test_zz_extra_proxies_share_the_api_rate_limit(host):
+    # one curl, one connection: 15 quick requests empty the API's budget
+    # (burst 10), then /ai/ (rate_limit: true, the same zone) is refused at
+    # once while /files/v2/ (rate_limit: false) is not limited
+    urls = [f"https://{NAME}/api/limit"] * 15 + [f"https://{NAME}/ai/limit"] + [f"https://{NAME}/files/v2/limit"] * 3
+    codes = curl(host, "-w '%{http_code}\\n' " + " ".join(f"-o /dev/null {url}" for url in urls)).split()
+    assert len(codes) == len(urls)
+    assert "429" in codes[:15]
+    assert codes[15] == "429"
+    assert codes[16:] == ["200"] * 3
