@@ -40,6 +40,8 @@ def playbook(tmp_path):
         play = [{"name": "sqlite modules", "hosts": "localhost", "gather_facts": False, "tasks": tasks}]
         pb = tmp_path / ("play-%d.yml" % len(list(tmp_path.glob("play-*.yml"))))
         pb.write_text(json.dumps(play, indent=1))  # JSON is YAML
+        empty_cfg = tmp_path / "ansible.cfg"
+        empty_cfg.write_text("[defaults]\n")
         env = dict(os.environ)
         env.update({
             "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
@@ -49,6 +51,8 @@ def playbook(tmp_path):
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
             "ANSIBLE_HOST_KEY_CHECKING": "0",
             "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default" if text else "ansible.posix.json",
+            # an empty config, not the repository's ansible.cfg: its profile_tasks table would follow the JSON
+            "ANSIBLE_CONFIG": str(empty_cfg),
         })
         cmd = [ANSIBLE_PLAYBOOK, "-i", "localhost,", "-c", "local",
                "-e", "ansible_python_interpreter=%s" % sys.executable, str(pb)]
