@@ -697,13 +697,13 @@ def _gunzip_sha256(gz_path):
     return h.hexdigest()
 
 
-def _write_json_atomic(path, data, uid=-1, gid=-1, mode=None):
+def write_text_atomic(path, text, uid=-1, gid=-1, mode=None):
+    """Temp file in the same directory, fsync, ownership/mode, rename."""
     d = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         apply_ownership(tmp, uid, gid, mode)
@@ -711,6 +711,10 @@ def _write_json_atomic(path, data, uid=-1, gid=-1, mode=None):
     except BaseException:
         _unlink_quiet(tmp)
         raise
+
+
+def _write_json_atomic(path, data, uid=-1, gid=-1, mode=None):
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", uid, gid, mode)
 
 
 @contextlib.contextmanager

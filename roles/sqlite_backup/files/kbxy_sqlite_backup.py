@@ -58,23 +58,6 @@ def newest_backup(conf):
     return os.path.join(conf["dest_dir"], name), dt
 
 
-def write_atomic(path, text):
-    """Temp file in the same directory, fsync, chmod 0644, rename."""
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def metrics_target(conf, kind):
     """Staged file in the unit's RuntimeDirectory when run by systemd, else the textfile itself."""
     final = conf.get("metrics_file" if kind == "backup" else "drill_metrics_file")
@@ -94,7 +77,7 @@ def write_metrics(path, metrics, labels):
         lines.append("# HELP %s %s" % (key, help_text))
         lines.append("# TYPE %s gauge" % key)
         lines.append("%s{%s} %s" % (key, lab, repr(float(value)) if isinstance(value, float) else value))
-    write_atomic(path, "\n".join(lines) + "\n")
+    sqlite_ops.write_text_atomic(path, "\n".join(lines) + "\n", mode=0o644)
 
 
 def cmd_backup(conf):
