@@ -209,7 +209,7 @@ def cmd_publish_metrics(conf, kind):
                 (ln[: ln.rindex(" ")] + " 0") if ln.startswith(("kbxy_sqlite_backup_last_success{",
                                                                 "kbxy_sqlite_restore_drill_last_success{")) else ln
                 for ln in text.split("\n"))
-    write_atomic(final, text)
+    sqlite_ops.write_text_atomic(final, text, mode=0o644)
     return 0
 
 
