@@ -69,7 +69,7 @@ demo: setup images ## converge the demo hosts in local containers and show them
 	@tests/scripts/demo.sh
 
 demo-destroy: setup ## remove the demo containers
-	@source $(VENV)/bin/activate && molecule destroy -s harness
+	@source $(VENV)/bin/activate && molecule destroy -s stack
 
 build: setup ## build the collection tarball
 	ansible-galaxy collection build --force --output-path build/

@@ -9,7 +9,7 @@ controller itself (connection local), so that it is proven without the stack:
   fifo -> ssh-add): `ssh-add -l` inside the job lists exactly its fingerprint, and no
   copy of the key is left in the artifacts.
 
-The stack scenario (molecule/stack/tests/test_awx_runner.py, on branch wip/stack-scenario until it passes end to end) runs the real deploy and
+The stack scenario (molecule/stack/tests/test_awx_runner.py) runs the real deploy and
 backup templates the same way over SSH.
 """
 import pathlib

@@ -45,6 +45,10 @@ stamp_id=$(printf '%s\n' "${reqs[@]}" | sha1sum | cut -c1-16)
 dir="$ROOT/py$pyver"
 stamp="$dir/.requirements-$stamp_id"
 
+# scenarios run side by side (molecule.sh): one builder at a time, the others then find it cached
+mkdir -p "$ROOT"
+exec 9>"$ROOT/.lock"
+flock 9
 if [ -e "$stamp" ]; then
     say "cached: $dir ($(du -sh "$dir" | cut -f1))"
     echo "$dir"
