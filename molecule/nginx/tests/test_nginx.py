@@ -2,6 +2,7 @@
 
 import json
 import shlex
+import time
 
 import pytest
 
@@ -186,6 +187,18 @@ def test_api_reaches_upstream_with_client_address(host):
         assert answer["host"] == NAME
         listeners.add(answer["listener"])
     assert listeners <= {"unix", "tcp"}
+
+
+def test_access_log_buffered_and_flushed(host):
+    # defaults: one write per 64k of lines, not per request, and a line is on
+    # disk at most 1 s after its request even when no other request follows
+    dump = host.check_output("nginx -T 2>/dev/null")
+    logs = {line.strip() for line in dump.splitlines() if line.strip().startswith("access_log /var/log/nginx/shop_")}
+    assert logs == {"access_log /var/log/nginx/shop_access.log combined buffer=64k flush=1s;"}
+    marker = f"kbxy-log-probe-{time.time_ns()}"
+    curl(host, f"-o /dev/null -A {marker} https://{NAME}/")  # static: outside the API rate limit
+    written = host.run(f"for i in $(seq 50); do grep -q {marker} /var/log/nginx/shop_access.log && exit 0; sleep 0.2; done; exit 1")
+    assert written.rc == 0, "the buffered access log line was not written within 10 s"
 
 
 def test_extra_proxy_reaches_its_upstream_with_prefix_stripped(host):
