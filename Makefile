@@ -49,7 +49,7 @@ esrgan: setup-esrgan ## kbxy-upscale tests on the CPU (equivalence with RealESRG
 	tail -n 1 build/logs/realesrgan.log >> build/logs/pytest-closing-lines.txt; exit $$rc
 
 bench-esrgan: setup-esrgan ## kbxy-upscale vs RealESRGANer MP/s (ARGS=--gpu on CUDA)
-	.venv-esrgan/bin/python tests/bench/realesrgan_bench.py $(ARGS)
+	.venv-esrgan/bin/python tests/bench/realesrgan_bench.py --out build/bench/realesrgan-cpu.json $(ARGS)
 
 molecule: setup images ## every molecule scenario (MOLECULE_JOBS side by side; SCENARIOS= to pick)
 	@tests/scripts/molecule.sh $(SCENARIOS)

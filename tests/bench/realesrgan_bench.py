@@ -1,19 +1,31 @@
 """Benchmark of kbxy-upscale against realesrgan.RealESRGANer (the reference), same process.
 
-    .venv-esrgan/bin/python tests/bench/realesrgan_bench.py            # CPU, 64 and 128 px
+    .venv-esrgan/bin/python tests/bench/realesrgan_bench.py --out build/bench/realesrgan-cpu.json
     .venv-esrgan/bin/python tests/bench/realesrgan_bench.py --gpu      # CUDA sizes, fp16
 
 For x4plus and general-x4v3 (seeded random weights in the official format: the cost of a
 network does not depend on its weight values), input megapixels per second of:
-1. model only: our worker's forward vs RealESRGANer.process() on the same padded tensor;
-2. end to end: PNG bytes -> decode -> upscale -> encode PNG, ours vs cv2 + enhance();
-3. over HTTP: uvicorn (a subprocess on 127.0.0.1) at concurrency 1, 4 and 16 (ours only:
-   the reference has no server).
-Ours and the reference alternate run by run on the same arrays; the median is reported with
-the ratio ours/reference. Every loop is bounded (--repeats, --http-requests, --http-seconds).
+1. model only: the network on the same pre-padded tensor. Ours: the worker's ``_forward``
+   (inference_mode); reference: ``RealESRGANer.process()`` under ``torch.no_grad()``, the
+   mode ``enhance()`` runs it in. ``pre_process`` (tensor conversion and padding) is done once,
+   outside the timing, for both: like with like.
+2. end to end: the same PNG bytes -> decode -> upscale -> PNG (zlib level 1) for both sides.
+   Ours does more work than the reference here (header probe, EXIF orientation, a CRC walk
+   of the PNG against truncation, a hand-off to the worker thread and back): not removed.
+3. over HTTP: uvicorn (a subprocess on 127.0.0.1, default settings) at concurrency 1, 4 and
+   16 (ours only: the reference has no server); a bounded number of requests per level.
+Variants: ``ours`` (the default, byte-identical to the reference: the model-only warm-up
+records max |ours - ref| of the network outputs, 0 on the CPU), ``ours_nhwc`` (the opt-in
+KBXY_UPSCALE_CPU_CHANNELS_LAST=1, CPU only, up to --nhwc-max-side px; channels_last is always
+on with CUDA) and ``ref``.
+They run alternately, one call each per round, the order rotating each round, after one
+warm-up call each; for each round the ratio ours/ref (speed, > 1 = ours faster) is taken
+from the calls of that same round, and the median over rounds is reported with its spread
+(min and max): a shared, noisy machine slows neighbours in a round alike. Every loop is
+bounded (--rounds, --http-requests, --http-seconds).
 With --gpu: 512x512, 1280x720, 1920x1080 and a tiled 4000x3000, peak GPU memory, and the share
 of the H100's dense fp16 peak (990 TFLOP/s) from the FLOP per input pixel of each network.
-Prints one JSON document (and a table on stderr).
+Prints one JSON document (and a table on stderr); --out also writes it to a file.
 """
 import argparse
 import concurrent.futures
@@ -53,22 +65,53 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def alternate(ours, theirs, repeats, device):
-    """Run ours/theirs alternately ``repeats`` times (after one warm-up each): medians in s."""
-    times = {"ours": [], "ref": []}
-    ours()
-    theirs()
-    for _round in range(repeats):
-        for name, func in (("ours", ours), ("ref", theirs)):
+def alternate(funcs, args, device, warmup=True):
+    """Call each of ``funcs`` (name -> callable) once per round, rotating the order.
+
+    At least ``args.rounds`` rounds; cheap cases go on until ``args.case_seconds`` have passed
+    (at most ``args.max_rounds``), for a steadier median. Returns name -> per-round seconds.
+    """
+    names = list(funcs)
+    if warmup:
+        for name in names:
+            funcs[name]()
+    times = {name: [] for name in names}
+    start_case = time.monotonic()
+    index = 0
+    while index < args.rounds or (time.monotonic() - start_case < args.case_seconds and index < args.max_rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
             sync(device)
             start = time.perf_counter()
-            func()
+            funcs[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return statistics.median(times["ours"]), statistics.median(times["ref"])
+        index += 1
+    return times
 
 
-def bench_inprocess(arch, model_path, sizes, args, device):
+def summarise(times, megapixels, kind):
+    """Median MP/s of each variant and, per variant, the median and spread of round ratios vs ref."""
+    row = {f"{kind}_rounds": len(times["ref"])}
+    row.update({f"{kind}_mps_{name}": megapixels / statistics.median(values) for name, values in times.items()})
+    for name, values in times.items():
+        if name == "ref":
+            continue
+        ratios = [ref / ours for ours, ref in zip(values, times["ref"])]
+        row[f"{kind}_ratio_{name}"] = statistics.median(ratios)
+        row[f"{kind}_ratio_{name}_spread"] = [min(ratios), max(ratios)]
+    return row
+
+
+def _engine(settings_cls, engine_cls, models_dir, device, tile, nhwc):
+    settings = settings_cls(models_dir=models_dir, device=device.type, tile=tile, jobs_dir=tempfile.mkdtemp(),
+                            max_pixels=10**9, cpu_channels_last=nhwc)
+    engine = engine_cls(settings)
+    engine.start()
+    engine.warm_up()
+    return engine
+
+
+def bench_inprocess(arch, model_path, sizes, args, device):  # pylint: disable=too-many-locals
     from realesrgan import RealESRGANer  # pylint: disable=import-outside-toplevel
 
     from kbxy_upscale import imaging  # pylint: disable=import-outside-toplevel
@@ -78,10 +121,9 @@ def bench_inprocess(arch, model_path, sizes, args, device):
     models_dir = os.path.dirname(model_path)
     rows = []
     for height, width, tile in sizes:
-        settings = Settings(models_dir=models_dir, device=device.type, tile=tile, jobs_dir=tempfile.mkdtemp(),
-                            max_pixels=10**9)
-        engine = Engine(settings)
-        engine.start()
+        engines = {"ours": _engine(Settings, Engine, models_dir, device, tile, False)}
+        if device.type == "cpu" and max(height, width) <= args.nhwc_max_side:  # CUDA: "ours" is channels_last already
+            engines["ours_nhwc"] = _engine(Settings, Engine, models_dir, device, tile, True)
         kind, kwargs = make_esrgan_model.ARCHES[arch]
         rrdb, srvgg = make_esrgan_model._reference_classes()  # pylint: disable=protected-access
         net = rrdb(**kwargs) if kind == "rrdb" else srvgg(**kwargs)
@@ -93,37 +135,51 @@ def bench_inprocess(arch, model_path, sizes, args, device):
         row = {"arch": arch, "size": f"{width}x{height}", "tile": tile}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        warm = True
         if not tile:  # model only: the network on the same padded tensor
-            job = Job(img, engine.models[arch], None, 0)
-            tile_obj = job.planes[0].tiles[0]
-
-            def ours_model():
-                engine._forward(engine.models[arch], [tile_obj])  # pylint: disable=protected-access
+            funcs = {}
+            for name, engine in engines.items():
+                tile_obj = Job(img, engine.models[arch], None, 0).planes[0].tiles[0]
+                funcs[name] = functools.partial(engine._forward, engine.models[arch], [tile_obj])  # pylint: disable=protected-access
+            ref.pre_process(cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_BGR2RGB))
+            if not torch.equal(ref.img, tile_obj.input()):
+                raise RuntimeError("the reference's padded input differs from ours")
 
             def ref_model():
-                ref.pre_process(cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_BGR2RGB))
-                ref.process()
+                with torch.no_grad():  # as in RealESRGANer.enhance
+                    ref.process()
+                return ref.output
 
-            t_ours, t_ref = alternate(ours_model, ref_model, args.repeats, device)
-            row.update(model_mps_ours=megapixels / t_ours, model_mps_ref=megapixels / t_ref)
+            funcs["ref"] = ref_model
+            for name, func in funcs.items():  # the warm-up calls; they also check the results
+                out = func()
+                if name == "ours":
+                    ours_out = out[0]
+            # fp32 (CPU): ours must be bit-identical to the reference; fp16 (CUDA): close.
+            row["model_max_abs_diff_vs_ref"] = float((ours_out.float() - ref.output.float()).abs().max())
+            row.update(summarise(alternate(funcs, args, device, warmup=False), megapixels, "model"))
+            warm = False  # the same shapes have just run: the e2e calls need no other warm-up
         data = cv2.imencode(".png", img)[1].tobytes()
 
-        def ours_e2e():
-            array, _fmt = imaging.decode(data, settings.max_pixels)
+        def ours_e2e(engine):
+            array, _fmt = imaging.decode(data, engine.settings.max_pixels)
             imaging.encode(engine.upscale(array, arch), "png")
 
         def ref_e2e():
             array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            cv2.imencode(".png", ref.enhance(array)[0], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            ok, _buf = cv2.imencode(".png", ref.enhance(array)[0], [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            assert ok
 
-        t_ours, t_ref = alternate(ours_e2e, ref_e2e, args.repeats, device)
-        row.update(e2e_mps_ours=megapixels / t_ours, e2e_mps_ref=megapixels / t_ref)
+        funcs = {name: functools.partial(ours_e2e, engine) for name, engine in engines.items()}
+        funcs["ref"] = ref_e2e
+        row.update(summarise(alternate(funcs, args, device, warmup=warm), megapixels, "e2e"))
         if device.type == "cuda":
             row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
             row["share_of_h100_fp16_peak"] = row["e2e_mps_ours"] * 1e6 * MFLOP_PER_PIXEL[arch] * 1e6 / (H100_FP16_TFLOPS * 1e12)
-        engine.stop()
+        for engine in engines.values():
+            engine.stop()
         rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        print(json.dumps(_rounded(row)), file=sys.stderr, flush=True)
     return rows
 
 
@@ -143,7 +199,10 @@ def bench_http(arch, model_path, size, args, device):
     import httpx  # pylint: disable=import-outside-toplevel
 
     env = dict(os.environ, KBXY_UPSCALE_MODELS_DIR=os.path.dirname(model_path), KBXY_UPSCALE_DEVICE=device.type,
-               KBXY_UPSCALE_QUEUE_SIZE="32", KBXY_UPSCALE_JOBS_DIR=tempfile.mkdtemp(), KBXY_UPSCALE_TILE="256")
+               KBXY_UPSCALE_QUEUE_SIZE="32", KBXY_UPSCALE_JOBS_DIR=tempfile.mkdtemp(), KBXY_UPSCALE_TILE="256",
+               KBXY_UPSCALE_TIMEOUT="600")
+    if args.threads:
+        env["KBXY_UPSCALE_THREADS"] = str(args.threads)
     port = 18000 + os.getpid() % 1000
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "kbxy_upscale.app:create_app", "--factory", "--host", "127.0.0.1",
                                "--port", str(port), "--log-level", "warning"], env=env)
@@ -162,7 +221,7 @@ def bench_http(arch, model_path, size, args, device):
             time.sleep(0.2)
         data = cv2.imencode(".png", image(size, size))[1].tobytes()
         for concurrency in (1, 4, 16):
-            total = max(concurrency, min(args.http_requests, 4 * concurrency))
+            total = min(args.http_requests, max(4, 2 * concurrency))
             stop = time.monotonic() + args.http_seconds
             latencies, codes = [], {}
             one = functools.partial(_post, url, arch, data, stop, latencies, codes)
@@ -172,6 +231,8 @@ def bench_http(arch, model_path, size, args, device):
                 list(pool.map(one, range(total)))
             elapsed = time.perf_counter() - start
             done = codes.get(200, 0)
+            if codes.get(200, 0) != sum(codes.values()):
+                print(f"warning: non-200 answers {codes}", file=sys.stderr)
             row = {"arch": arch, "size": f"{size}x{size}", "concurrency": concurrency, "requests": sum(codes.values()),
                    "codes": codes, "mps": done * size * size / 1e6 / elapsed,
                    "p50_s": statistics.median(latencies) if latencies else None}
@@ -196,14 +257,22 @@ def _rounded(value):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--gpu", action="store_true", help="CUDA sizes (512, 720p, 1080p, tiled 4000x3000)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--http-requests", type=int, default=32, help="at most this many requests per concurrency level")
-    parser.add_argument("--http-seconds", type=float, default=60.0, help="stop sending after this long per level")
+    parser.add_argument("--rounds", "--repeats", type=int, default=3, help="alternating rounds per case (>= 3)")
+    parser.add_argument("--case-seconds", type=float, default=12.0, help="more rounds while a case has run less than this")
+    parser.add_argument("--max-rounds", type=int, default=25, help="at most this many rounds per case")
+    parser.add_argument("--http-requests", type=int, default=16, help="at most this many requests per concurrency level")
+    parser.add_argument("--http-seconds", type=float, default=45.0, help="stop sending after this long per level")
     parser.add_argument("--arches", default="general-x4v3,x4plus")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--sizes", default="", help="square CPU sizes instead of 64,128 (e.g. 64)")
     parser.add_argument("--skip-http", action="store_true", help="in-process measurements only")
+    parser.add_argument("--nhwc-max-side", type=int, default=64,
+                        help="CPU: measure the opt-in channels_last variant up to this size (0: never)")
+    parser.add_argument("--out", help="also write the JSON document to this file")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3 (a median and a spread need them)")
+    started = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.gpu else "cpu")
@@ -222,12 +291,34 @@ def main():
             results["inprocess"] += bench_inprocess(arch, path, sizes, args, device)
             if not args.skip_http:
                 results["http"] += bench_http(arch, path, http_size, args, device)
-    for row in results["inprocess"]:
-        for kind in ("model", "e2e"):
-            if f"{kind}_mps_ours" in row:
-                row[f"{kind}_ratio"] = row[f"{kind}_mps_ours"] / row[f"{kind}_mps_ref"]
-    print(json.dumps(_rounded(results), indent=1))
+    results["wall_s"] = time.monotonic() - started
+    print_table(results)
+    document = json.dumps(_rounded(results), indent=1)
+    print(document)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as handle:
+            handle.write(document + "\n")
     return 0
+
+
+def print_table(results):
+    """The ratios (median [min-max] over rounds) and MP/s, on stderr."""
+    out = sys.stderr
+    print(f"\n{results['device']}, torch {results['torch']}; ratio = speed ours/ref, median [min-max] of rounds", file=out)
+    for row in results["inprocess"]:
+        if "model_max_abs_diff_vs_ref" in row:
+            print(f"{row['arch']:13s} {row['size']:>9s} model output max |ours - ref| = {row['model_max_abs_diff_vs_ref']:.3g}", file=out)
+        for kind in ("model", "e2e"):
+            for name in ("ours", "ours_nhwc"):
+                if f"{kind}_ratio_{name}" not in row:
+                    continue
+                low, high = row[f"{kind}_ratio_{name}_spread"]
+                print(f"{row['arch']:13s} {row['size']:>9s} {kind:5s} {name:9s} ratio {row[f'{kind}_ratio_{name}']:5.2f} "
+                      f"[{low:4.2f}-{high:4.2f}]  {row[f'{kind}_mps_{name}']:.4f} vs {row[f'{kind}_mps_ref']:.4f} MP/s", file=out)
+    for row in results["http"]:
+        print(f"{row['arch']:13s} {row['size']:>9s} http c={row['concurrency']:<2d} {row['requests']:3d} requests {row['codes']} "
+              f"{row['mps']:.4f} MP/s p50 {row['p50_s'] or 0:.2f} s", file=out)
 
 
 if __name__ == "__main__":

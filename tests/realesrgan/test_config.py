@@ -17,6 +17,8 @@ def test_defaults_match_the_contract():
     settings = Settings.from_env(BASE)
     assert (settings.device, settings.allow_cpu, settings.queue_size, settings.timeout, settings.tile) == ("auto", False, 8, 120.0, 256)
     assert (settings.max_pixels, settings.jobs_dir, settings.job_ttl) == (16_000_000, "/var/lib/kbxy-upscale/jobs", 3600.0)
+    assert settings.cpu_channels_last is False  # byte-identical to the reference unless asked
+    assert Settings.from_env({**BASE, "KBXY_UPSCALE_CPU_CHANNELS_LAST": "1"}).cpu_channels_last is True
 
 
 @pytest.mark.parametrize("env,word", [
@@ -26,6 +28,7 @@ def test_defaults_match_the_contract():
     ({**BASE, "KBXY_UPSCALE_TILE": "16"}, "KBXY_UPSCALE_TILE"),
     ({**BASE, "KBXY_UPSCALE_TIMEOUT": "soon"}, "KBXY_UPSCALE_TIMEOUT"),
     ({**BASE, "KBXY_UPSCALE_ALLOW_CPU": "maybe"}, "KBXY_UPSCALE_ALLOW_CPU"),
+    ({**BASE, "KBXY_UPSCALE_CPU_CHANNELS_LAST": "fast"}, "KBXY_UPSCALE_CPU_CHANNELS_LAST"),
 ])
 def test_bad_settings_name_the_variable(env, word):
     with pytest.raises(ConfigError, match=word):

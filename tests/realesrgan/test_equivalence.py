@@ -1,6 +1,7 @@
 """Our pipeline against realesrgan.RealESRGANer on the same weights and the same arrays."""
 import numpy as np
 import pytest
+import torch
 from conftest import ALL_ARCHES, Engine, Settings, models_dir, psnr, smooth_image
 
 from kbxy_upscale.engine import Job
@@ -109,3 +110,65 @@ def test_batched_tiles_from_several_requests_stay_apart(tmp_path_factory, model_
         for j, other in enumerate(refs):
             if j != i:
                 assert np.abs(out.astype(int) - other).mean() > 10
+
+
+@pytest.fixture(scope="module")
+def nhwc_engine(tmp_path_factory, model_store):
+    """An Engine with KBXY_UPSCALE_CPU_CHANNELS_LAST=1 (the opt-in fast CPU path)."""
+    settings = Settings(models_dir=models_dir(tmp_path_factory, model_store, ALL_ARCHES), device="cpu", tile=0,
+                        cpu_channels_last=True, jobs_dir=str(tmp_path_factory.mktemp("jobs")))
+    eng = Engine(settings)
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHES)
+def test_cpu_channels_last_within_fp16_bounds_of_reference(nhwc_engine, reference, arch):
+    """NHWC really runs (parameters in channels_last) and stays within 2 LSB / PSNR >= 45 dB."""
+    model = nhwc_engine.models[arch].fp32
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    image = smooth_image(9, 29, 34)
+    ours = nhwc_engine.upscale(image, arch)
+    theirs, _mode = reference(arch).enhance(image)
+    assert ours.shape == theirs.shape
+    assert_not_degenerate(ours)
+    diff = np.abs(ours.astype(int) - theirs)
+    assert diff.max() <= 2, f"max diff {diff.max()}"
+    assert psnr(ours, theirs) >= 45
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHES)
+def test_cpu_runs_the_prepacked_onednn_forms(engine, arch):
+    """The default CPU path really is the fast exact form (not the silent plain fall-back)."""
+    from kbxy_upscale.engine import BlockedCompact, PackedConv2d  # pylint: disable=import-outside-toplevel
+
+    model = engine.models[arch].fp32
+    if arch in ("general-x4v3", "animevideov3"):
+        assert isinstance(model, BlockedCompact)
+    else:
+        packed = sum(isinstance(m, PackedConv2d) for m in model.modules())
+        plain = sum(type(m) is torch.nn.Conv2d for m in model.modules()) - packed  # pylint: disable=unidiomatic-typecheck
+        assert packed > 0 and plain == 0, (packed, plain)
+
+
+@pytest.mark.parametrize("arch", ["general-x4v3", "anime_6B"])
+def test_fp32_identical_to_reference_across_the_onednn_threshold(engine, reference, arch):
+    """At 84x90 even the 3-channel first convolution goes through oneDNN (at 29x34 it does not)."""
+    image = smooth_image(11, 84, 90)
+    ours = engine.upscale(image, arch)
+    theirs, _mode = reference(arch).enhance(image)
+    assert ours.shape == theirs.shape
+    assert np.array_equal(ours, theirs), f"max diff {np.abs(ours.astype(int) - theirs).max()}"
+
+
+@pytest.mark.parametrize("arch", ["animevideov3", "anime_6B"])
+def test_fast_forms_identical_to_plain_module_on_tiny_inputs(engine, model_store, arch):
+    """Inputs so small that no convolution uses oneDNN (the reference refuses them: no pre-pad)."""
+    import spandrel  # pylint: disable=import-outside-toplevel
+
+    plain = spandrel.ModelLoader().load_from_file(model_store(arch)).model.eval()
+    x = torch.rand((1, 3, 5, 6), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert torch.equal(engine.models[arch].fp32(x), plain(x))
