@@ -38,18 +38,23 @@ run_one() {
     return $rc
 }
 
-pids=()
+for s in "${scenarios[@]}"; do
+    rm -f "$LOGS/molecule-$s.result"
+done
 for s in "${scenarios[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     echo "molecule: starting scenario $s"
     run_one "$s" &
-    pids+=($!)
 done
+# Each scenario's status is read from its .result file, not from `wait PID`: bash may
+# already have reaped a finished job (the `jobs` polling above) and then answers
+# "pid ... is not a child of this shell" with status 127 for a scenario that passed.
+wait
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-
 for s in "${scenarios[@]}"; do
-    read -r _ rc secs <"$LOGS/molecule-$s.result"
+    rc=missing secs=-
+    [ -f "$LOGS/molecule-$s.result" ] && read -r _ rc secs <"$LOGS/molecule-$s.result"
+    [ "$rc" = 0 ] || status=1
     closing=$(grep -E '=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/molecule-$s.log" | tail -1 | sed 's/^[^=]*//')
     printf 'molecule: %-14s %s  %4ss  %s\n' "$s" "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$secs" "$closing"
     echo "$closing" >>"$LOGS/pytest-closing-lines.txt"
