@@ -125,7 +125,17 @@ def app_ip():
 
 
 @pytest.fixture(scope="module")
-def client(web_ip, tmp_path_factory):
+def stack_ca(tmp_path_factory):
+    """The nginx role's self-signed CA of the web host, copied to a local file."""
+    pem = subprocess.run(["docker", "exec", "kbxy-stack-web", "cat", f"/etc/nginx/tls/{APP_NAME}/ca.crt"],
+                         capture_output=True, text=True, check=True).stdout
+    path = tmp_path_factory.mktemp("ca") / "ca.crt"
+    path.write_text(pem)
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(web_ip, stack_ca, tmp_path_factory):
     """The outside client: a container of the test image running only `sleep`, on the
     default network, with kbxy-stack.localhost -> the web host and the stack's CA. Removed
     at the end (--rm, and `sleep` ends by itself after an hour at the latest)."""
@@ -135,11 +145,8 @@ def client(web_ip, tmp_path_factory):
     try:
         work = tmp_path_factory.mktemp("client")
         (work / "client.py").write_text(CLIENT)
-        ca = subprocess.run(["docker", "exec", "kbxy-stack-web", "cat", f"/etc/nginx/tls/{APP_NAME}/ca.crt"],
-                            capture_output=True, text=True, check=True).stdout
-        (work / "ca.crt").write_text(ca)
         subprocess.run(["docker", "cp", str(work / "client.py"), f"{CLIENT_NAME}:/root/stack-client.py"], check=True)
-        subprocess.run(["docker", "cp", str(work / "ca.crt"), f"{CLIENT_NAME}:/root/stack-ca.crt"], check=True)
+        subprocess.run(["docker", "cp", str(stack_ca), f"{CLIENT_NAME}:/root/stack-ca.crt"], check=True)
 
         def call(spec):
             proc = subprocess.run(["docker", "exec", "-i", CLIENT_NAME, "python3", "/root/stack-client.py"],
@@ -177,13 +184,9 @@ def png_size(data):
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory):
+def tls(stack_ca):
     """An SSL context trusting only the nginx role's self-signed CA of the web host."""
-    ca = subprocess.run(["docker", "exec", "kbxy-stack-web", "cat", f"/etc/nginx/tls/{APP_NAME}/ca.crt"],
-                        capture_output=True, text=True, check=True).stdout
-    path = tmp_path_factory.mktemp("ca") / "ca.crt"
-    path.write_text(ca)
-    ctx = ssl.create_default_context(cafile=str(path))
+    ctx = ssl.create_default_context(cafile=str(stack_ca))
     # the certificate names SERVER_NAME; the request goes to the container's address
     ctx.check_hostname = False
     return ctx
