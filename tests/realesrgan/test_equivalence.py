@@ -142,7 +142,7 @@ def test_cpu_channels_last_within_fp16_bounds_of_reference(nhwc_engine, referenc
 @pytest.mark.parametrize("arch", ALL_ARCHES)
 def test_cpu_runs_the_prepacked_onednn_forms(engine, arch):
     """The default CPU path really is the fast exact form (not the silent plain fall-back)."""
-    from kbxy_upscale.engine import BlockedCompact, PackedConv2d  # pylint: disable=import-outside-toplevel
+    from kbxy_upscale.engine import BlockedCompact, DenseBlockInPlace, PackedConv2d, PooledNet  # pylint: disable=import-outside-toplevel
 
     model = engine.models[arch].fp32
     if arch in ("general-x4v3", "animevideov3"):
@@ -151,6 +151,27 @@ def test_cpu_runs_the_prepacked_onednn_forms(engine, arch):
         packed = sum(isinstance(m, PackedConv2d) for m in model.modules())
         plain = sum(type(m) is torch.nn.Conv2d for m in model.modules()) - packed  # pylint: disable=unidiomatic-typecheck
         assert packed > 0 and plain == 0, (packed, plain)
+        # RRDB networks: every dense block (3 per RRDB block) runs without its concatenations
+        blocks = engine.models[arch].fp32.net.model[1].sub
+        assert isinstance(model, PooledNet)
+        dense = sum(isinstance(m, DenseBlockInPlace) for m in model.modules())
+        assert dense == 3 * (len(blocks) - 1) > 0, dense
+
+
+@pytest.mark.parametrize("arch", ["anime_6B", "x2plus"])
+def test_dense_blocks_batch_and_scratch_buffer(engine, model_store, arch):
+    """A batch of 2 (the blocks' concatenating path) equals the plain module bit for bit, and the
+    scratch buffer of a batch-1 call is dropped afterwards (no memory kept between requests)."""
+    import spandrel  # pylint: disable=import-outside-toplevel
+
+    plain = spandrel.ModelLoader().load_from_file(model_store(arch)).model.eval()
+    fast = engine.models[arch].fp32
+    x = torch.rand((2, 3, 36, 40), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = plain(x)
+        assert torch.equal(fast(x), expected)
+        assert torch.equal(fast(x[1:]), plain(x[1:]))
+    assert getattr(fast.pool.local, "buffer", None) is None
 
 
 @pytest.mark.parametrize("arch", ["general-x4v3", "anime_6B"])

@@ -147,8 +147,123 @@ class PackedConv2d(torch.nn.Module):
         return self.conv(x)
 
 
+def _conv_and_slope(layer):
+    """(conv, LeakyReLU slope or None) of a spandrel ``conv_block``: a conv, or conv + LeakyReLU."""
+    if isinstance(layer, (PackedConv2d, torch.nn.Conv2d)):
+        return layer, None
+    if isinstance(layer, torch.nn.Sequential) and len(layer) == 1 and isinstance(layer[0], (PackedConv2d, torch.nn.Conv2d)):
+        return layer[0], None
+    if (isinstance(layer, torch.nn.Sequential) and len(layer) == 2 and isinstance(layer[0], (PackedConv2d, torch.nn.Conv2d))
+            and type(layer[1]) is torch.nn.LeakyReLU):  # pylint: disable=unidiomatic-typecheck
+        return layer[0], layer[1].negative_slope
+    return None, None
+
+
+def _conv_channels(conv):
+    return (conv.conv if isinstance(conv, PackedConv2d) else conv).in_channels, (conv.conv if isinstance(conv, PackedConv2d) else conv).out_channels
+
+
+class DenseBlockInPlace(torch.nn.Module):
+    """spandrel's ``ResidualDenseBlock_5C`` (RRDB networks: x4plus, x2plus, anime_6B) without its copies.
+
+    The block feeds ``cat(x, x1, .., xk)`` to each of its five convolutions: four concatenations
+    that copy up to 192 channels each, about 3.5 GB of fresh memory per x4plus call at 148 px.
+    Here the features are written once into one buffer, ``x`` and then each activation straight
+    into its channels (``leaky_relu(out=...)``), and each convolution reads a prefix of it: with
+    a batch of 1 that prefix is a contiguous tensor, the very input ``torch.cat`` would have
+    made, so the same kernels see the same values and the output is bit-identical. The buffer
+    is shared by every block of one forward pass (``BufferPool``).
+    """
+
+    def __init__(self, block, pool):
+        super().__init__()
+        self.convs = torch.nn.ModuleList()
+        self.slopes = []
+        for index in range(1, 5):
+            conv, slope = _conv_and_slope(getattr(block, f"conv{index}"))
+            self.convs.append(conv)
+            self.slopes.append(slope)
+        self.conv5, last_slope = _conv_and_slope(block.conv5)
+        self.features, self.growth = _conv_channels(self.convs[0])
+        self.pool = pool
+        if last_slope is not None or None in self.slopes:
+            raise TypeError("not a CNA dense block")
+
+    @staticmethod
+    def supports(block):
+        if type(block).__name__ != "ResidualDenseBlock_5C" or getattr(block, "conv1x1", None) is not None:
+            return False
+        convs = [_conv_and_slope(getattr(block, f"conv{index}", None)) for index in range(1, 6)]
+        if any(conv is None for conv, _slope in convs) or convs[4][1] is not None or any(slope is None for _conv, slope in convs[:4]):
+            return False
+        features, growth = _conv_channels(convs[0][0])
+        return all(_conv_channels(conv) == (features + index * growth, growth) for index, (conv, _slope) in enumerate(convs[:4])) \
+            and _conv_channels(convs[4][0]) == (features + 4 * growth, features)
+
+    def forward(self, x):
+        batch, channels, height, width = x.shape
+        if batch != 1:  # a prefix of the buffer would not be contiguous: the block's own arithmetic
+            features = [x]
+            for conv, slope in zip(self.convs, self.slopes):
+                features.append(F.leaky_relu(conv(torch.cat(features, 1)), slope))
+            return self.conv5(torch.cat(features, 1)) * 0.2 + x
+        buffer = self.pool.get((batch, self.features + 4 * self.growth, height, width), x)
+        buffer[:, :channels].copy_(x)
+        for index, (conv, slope) in enumerate(zip(self.convs, self.slopes)):
+            width_in = channels + index * self.growth
+            torch._C._nn.leaky_relu(conv(buffer[:, :width_in]), slope, out=buffer[:, width_in:width_in + self.growth])  # pylint: disable=protected-access
+        return self.conv5(buffer).mul_(0.2).add_(x)
+
+
+class BufferPool:
+    """One scratch tensor reused by every dense block of a forward pass (the worker thread's)."""
+
+    def __init__(self):
+        self.local = threading.local()
+
+    def get(self, shape, like):
+        buffer = getattr(self.local, "buffer", None)
+        if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = torch.empty(shape, dtype=like.dtype, device=like.device)
+            self.local.buffer = buffer
+        return buffer
+
+    def clear(self):
+        self.local.buffer = None
+
+
+class ResidualInPlace(torch.nn.Module):
+    """spandrel's ``RRDB``: three dense blocks, then ``out * 0.2 + x`` in place (same two roundings)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([block.RDB1, block.RDB2, block.RDB3])
+
+    def forward(self, x):
+        out = x
+        for block in self.blocks:
+            out = block(out)
+        return out.mul_(0.2).add_(x)
+
+
+class PooledNet(torch.nn.Module):
+    """The network, dropping the dense blocks' scratch buffer after each call."""
+
+    def __init__(self, net, pool):
+        super().__init__()
+        self.net = net
+        self.pool = pool
+
+    def forward(self, x):
+        try:
+            return self.net(x)
+        finally:
+            self.pool.clear()
+
+
 def _packed_convs(model):
-    """A copy of ``model`` with every zero-padded Conv2d replaced by a ``PackedConv2d``."""
+    """A copy of ``model`` with every zero-padded Conv2d replaced by a ``PackedConv2d``, and
+    RRDB networks' dense blocks by ``DenseBlockInPlace`` (batch 1; others use the plain model)."""
     import copy  # pylint: disable=import-outside-toplevel
 
     packed = copy.deepcopy(model)
@@ -156,7 +271,20 @@ def _packed_convs(model):
         for child_name, child in list(parent.named_children()):
             if type(child) is torch.nn.Conv2d and child.padding_mode == "zeros" and isinstance(child.padding, tuple):  # pylint: disable=unidiomatic-typecheck
                 setattr(parent, child_name, PackedConv2d(child))
-    return packed
+    pool = BufferPool()
+    dense = 0
+    for parent in list(packed.modules()):
+        for child_name, child in list(parent.named_children()):
+            if DenseBlockInPlace.supports(child):
+                setattr(parent, child_name, DenseBlockInPlace(child, pool))
+                dense += 1
+    if not dense:
+        return packed
+    for parent in list(packed.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child).__name__ == "RRDB" and all(isinstance(getattr(child, f"RDB{i}", None), DenseBlockInPlace) for i in (1, 2, 3)):
+                setattr(parent, child_name, ResidualInPlace(child))
+    return PooledNet(packed, pool)
 
 
 def cpu_fast_exact(name, model):
