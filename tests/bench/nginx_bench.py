@@ -4,7 +4,10 @@ Not a test: run it by hand inside a host converged by the role (e.g. the molecul
 nginx scenario's container), as root. All traffic goes to 127.0.0.1 and every
 load run is bounded (wrk, --duration seconds, at most 30).
 
-It measures a small JSON endpoint served by uvicorn (1 worker by default):
+It measures a small JSON endpoint served by uvicorn (1 worker by default): a FastAPI
+route (--app fastapi, the default: what the collection deploys) or the same bytes from a
+bare ASGI callable (--app asgi: nginx's own cost per request is then about the app's, the
+proxy's worst case):
   - direct:   plain HTTP keep-alive to uvicorn on 127.0.0.1:<port>
   - nginx:    HTTPS keep-alive (HTTP/1.1, TLS session set up once per
               connection) to nginx, which proxies to uvicorn over a unix socket
@@ -32,7 +35,7 @@ The temporary site is validated with nginx -t, reloaded, and removed at the
 end.
 
 Needs wrk (apt install wrk) and uvicorn with the role's app server stack, uvloop
-and httptools (a venv: pip install uvicorn uvloop httptools; --python
+and httptools, and FastAPI (a venv: pip install uvicorn uvloop httptools fastapi; --python
 /opt/kbxy-bench/bin/python). uvicorn gets its listening socket like the uvicorn
 role gives it (systemd socket activation, --fd; TCP with TCP_NODELAY), with
 --workers N; --pin only applies to 1 worker (N workers need every core).
@@ -40,6 +43,7 @@ role gives it (systemd socket activation, --fd; TCP with TCP_NODELAY), with
 usage: nginx_bench.py [--site shop] [--upstream unix|tcp|both] [--rounds 3]
                       [--duration 5] [--connections 16] [--workers 1] [--pin]
                       [--loop auto|asyncio|uvloop] [--http auto|h11|httptools]
+                      [--app fastapi|asgi]
                       [--python PATH] [--json OUT]
 """
 import argparse
@@ -55,7 +59,21 @@ import sys
 import tempfile
 import time
 
-APP = '''
+# The default endpoint: a FastAPI route returning a small JSON document, the kind of app this
+# collection deploys (seed 000_*). --app asgi serves the same bytes from a bare ASGI callable,
+# the cheapest thing uvicorn can run: the worst case for any proxy in front of it.
+FASTAPI_APP = '''
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+@app.get("/api/bench")
+async def bench():
+    return {"status": "ok", "items": [{"id": 1, "name": "slime"}, {"id": 2, "name": "dragon"}]}
+'''
+
+ASGI_APP = '''
 BODY = b'{"status":"ok","items":[{"id":1,"name":"slime"},{"id":2,"name":"dragon"}]}'
 
 
@@ -360,6 +378,8 @@ def main():
                         help="uvicorn's event loop (auto: uvloop when installed, as the role's app has it)")
     parser.add_argument("--http", choices=["auto", "h11", "httptools"], default="auto",
                         help="uvicorn's HTTP parser (auto: httptools when installed, as the role's app has it)")
+    parser.add_argument("--app", choices=["fastapi", "asgi"], default="fastapi",
+                        help="the endpoint: a FastAPI route (default) or a bare ASGI callable (the proxy's worst case)")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -372,9 +392,9 @@ def main():
         sys.exit("wrk is missing: apt-get install wrk")
     appdir = tempfile.mkdtemp(prefix="kbxy-bench.")
     with open(f"{appdir}/benchapp.py", "w", encoding="utf-8") as out:
-        out.write(APP)
+        out.write(FASTAPI_APP if args.app == "fastapi" else ASGI_APP)
     os.makedirs(SOCKET_DIR, exist_ok=True)
-    report = {"workers": args.workers, "connections": args.connections, "duration_s": args.duration,
+    report = {"app": args.app, "workers": args.workers, "connections": args.connections, "duration_s": args.duration,
               "pinned": args.pin, "cpus": os.cpu_count(), "stack": server_stack(args), "upstreams": []}
     try:
         for bind in (["unix", "tcp"] if args.upstream == "both" else [args.upstream]):
