@@ -30,9 +30,9 @@ OUTSIDE = testinfra.get_host(f"docker://{OUTSIDE_NAME}")
 HOSTS = {name: testinfra.get_host(f"docker://{name}") for name in (WEB, APP)}
 
 # A fixed list, never a range: ssh, smtp, web, databases, app and upscaling ports.
-SCAN_PORTS = [22, 25, 80, 443, 3306, 5432, 6379, 8000, 8080, 8090]
+SCAN_PORTS = [22, 25, 80, 443, 3306, 5432, 6379, 8000, 8080, 8100]
 EXPECTED_OPEN = {WEB: {22, 80, 443}, APP: {22}}
-INTERNAL_PORTS = [8000, 8090]
+INTERNAL_PORTS = [8000, 8100]
 BANTIME_MAX_S = 30  # the scenario's bantime 20s, bantime.maxtime 30s
 UFW_LIMIT_WINDOW_S = 30  # ufw limit: 6 new connections in 30 s per address
 
