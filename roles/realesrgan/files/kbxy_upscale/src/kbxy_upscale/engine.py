@@ -160,7 +160,8 @@ def _conv_and_slope(layer):
 
 
 def _conv_channels(conv):
-    return (conv.conv if isinstance(conv, PackedConv2d) else conv).in_channels, (conv.conv if isinstance(conv, PackedConv2d) else conv).out_channels
+    plain = conv.conv if isinstance(conv, PackedConv2d) else conv
+    return plain.in_channels, plain.out_channels
 
 
 class DenseBlockInPlace(torch.nn.Module):
