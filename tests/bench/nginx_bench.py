@@ -39,14 +39,19 @@ and httptools, and FastAPI (a venv: pip install uvicorn uvloop httptools fastapi
 /opt/kbxy-bench/bin/python). uvicorn gets its listening socket like the uvicorn
 role gives it (systemd socket activation, --fd; TCP with TCP_NODELAY), with
 --workers N; --pin only applies to 1 worker (N workers need every core).
+--instances N is the role's horizontal scaling instead: N uvicorn instances of one
+worker, each on its own socket (/run/kbxy-bench/<i>.sock, or ports 8091..), and
+nginx's least_conn spreading requests over them, against one uvicorn with N workers
+sharing one listening socket direct (a client of one address gets no better).
 
 usage: nginx_bench.py [--site shop] [--upstream unix|tcp|both] [--rounds 3]
-                      [--duration 5] [--connections 16] [--workers 1] [--pin]
+                      [--duration 5] [--connections 16] [--workers 1 | --instances 1] [--pin]
                       [--loop auto|asyncio|uvloop] [--http auto|h11|httptools]
                       [--app fastapi|asgi]
                       [--python PATH] [--json OUT]
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -139,9 +144,9 @@ class Uvicorn:
     measure ~360 req/s direct.
     """
 
-    def __init__(self, args, appdir, bind):
+    def __init__(self, args, appdir, bind, workers=None, address=None):
         self.argv = [args.python, "-m", "uvicorn", "benchapp:app", "--app-dir", appdir,
-                     "--workers", str(args.workers), "--log-level", "warning", "--no-access-log"]
+                     "--workers", str(workers or args.workers), "--log-level", "warning", "--no-access-log"]
         if args.loop != "auto":
             self.argv += ["--loop", args.loop]
         if args.http != "auto":
@@ -149,21 +154,23 @@ class Uvicorn:
         if args.pin:
             self.argv = ["taskset", "-c", "0"] + self.argv
         self.bind = bind
+        # a unix socket path or a TCP port
+        self.address = address or (SOCKET if bind == "unix" else DIRECT_PORT)
         self.proc = None
         self.sock = None
 
     def listen(self):
         if self.bind == "unix":
-            if os.path.exists(SOCKET):
-                os.unlink(SOCKET)
+            if os.path.exists(self.address):
+                os.unlink(self.address)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(SOCKET)
-            os.chmod(SOCKET, 0o666)  # nginx's workers (www-data) connect
+            sock.bind(self.address)
+            os.chmod(self.address, 0o666)  # nginx's workers (www-data) connect
         else:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind(("127.0.0.1", DIRECT_PORT))
+            sock.bind(("127.0.0.1", self.address))
         sock.listen(1024)
         return sock
 
@@ -171,8 +178,8 @@ class Uvicorn:
         self.sock = self.listen()
         fd = self.sock.fileno()
         self.proc = subprocess.Popen(self.argv + ["--fd", str(fd)], start_new_session=True, pass_fds=(fd,))
-        probe = (["curl", "-sf", "--unix-socket", SOCKET, f"http://localhost{PATH}"] if self.bind == "unix"
-                 else ["curl", "-sf", f"http://127.0.0.1:{DIRECT_PORT}{PATH}"])
+        probe = (["curl", "-sf", "--unix-socket", self.address, f"http://localhost{PATH}"] if self.bind == "unix"
+                 else ["curl", "-sf", f"http://127.0.0.1:{self.address}{PATH}"])
         for _attempt in range(200):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"uvicorn exited with {self.proc.returncode}: {self.argv}")
@@ -189,16 +196,16 @@ class Uvicorn:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=15)
         self.sock.close()
-        if self.bind == "unix" and os.path.exists(SOCKET):
-            os.unlink(SOCKET)
+        if self.bind == "unix" and os.path.exists(self.address):
+            os.unlink(self.address)
 
 
-def install_site(source_site, bind):
+def install_site(source_site, servers):
     conf = open(f"/etc/nginx/kbxy/{source_site}/site.conf", encoding="utf-8").read()
     conf = conf.replace(f"kbxy_{source_site}", f"kbxy_{BENCH_SITE}")
-    server = f"unix:{SOCKET}" if bind == "unix" else f"127.0.0.1:{DIRECT_PORT}"
     upstream = re.search(r"upstream kbxy_%s \{.*?\n\}" % BENCH_SITE, conf, re.S).group(0)
-    new_upstream = re.sub(r"^    server .*;\n", "", upstream, flags=re.M).replace("{\n", "{\n    server %s;\n" % server, 1)
+    lines = "".join(f"    server {server};\n" for server in servers)
+    new_upstream = re.sub(r"^    server .*;\n", "", upstream, flags=re.M).replace("{\n", "{\n" + lines, 1)
     conf = conf.replace(upstream, new_upstream)
     conf = re.sub(r"^\s*limit_req .*\n", "", conf, flags=re.M)
     conf = re.sub(r"server_name [^;]*;", f"server_name {BENCH_NAME};", conf)
@@ -266,14 +273,28 @@ def pin_nginx(cpu):
 def bench_upstream(args, appdir, bind):
     nginx_url = f"https://127.0.0.1{PATH}"
     direct_url = f"http://127.0.0.1:{DIRECT_PORT}{PATH}"
-    install_site(args.site, bind)
+    if args.instances > 1:
+        # the role's horizontal scaling: N instances of 1 worker, each on its own socket, nginx
+        # balancing requests across them (least_conn); direct: one uvicorn with N workers sharing
+        # one listening socket, the most a single address gives a client
+        direct = Uvicorn(args, appdir, "tcp", workers=args.instances)
+        proxied = [Uvicorn(args, appdir, bind, workers=1,
+                           address=f"{SOCKET_DIR}/{number}.sock" if bind == "unix" else DIRECT_PORT + number)
+                   for number in range(1, args.instances + 1)]
+    else:
+        direct = Uvicorn(args, appdir, "tcp")
+        proxied = [Uvicorn(args, appdir, "unix")] if bind == "unix" else []
+    install_site(args.site, [f"unix:{item.address}" if bind == "unix" else f"127.0.0.1:{item.address}"
+                             for item in (proxied or [direct])])
     if args.pin:
         pin_nginx(1)
     load_cpu = 1 if args.pin else None
     rounds = []
-    direct = Uvicorn(args, appdir, "tcp")
-    proxied = Uvicorn(args, appdir, "unix") if bind == "unix" else direct
-    with direct, (proxied if proxied is not direct else _nullcontext()):
+    with contextlib.ExitStack() as running:
+        running.enter_context(direct)
+        for instance in proxied:
+            running.enter_context(instance)
+        proxied = proxied or [direct]
         # the request really reaches the benchmark's uvicorn through nginx
         body = run(["curl", "-sk", "--resolve", f"{BENCH_NAME}:443:127.0.0.1", f"https://{BENCH_NAME}{PATH}"]).stdout
         if '"slime"' not in body:
@@ -288,11 +309,12 @@ def bench_upstream(args, appdir, bind):
             result = {}
             for side in order:
                 if side == "nginx":
-                    cpu_before = nginx_cpu_seconds(), proxied.cpu_seconds()
+                    cpu_before = nginx_cpu_seconds(), sum(item.cpu_seconds() for item in proxied)
                     result["nginx"] = wrk(nginx_url, args, load_cpu, BENCH_NAME)
                     requests = max(result["nginx"]["requests"], 1)
                     result["nginx"]["nginx_cpu_us_per_request"] = round((nginx_cpu_seconds() - cpu_before[0]) * 1e6 / requests, 1)
-                    result["nginx"]["uvicorn_cpu_us_per_request"] = round((proxied.cpu_seconds() - cpu_before[1]) * 1e6 / requests, 1)
+                    result["nginx"]["uvicorn_cpu_us_per_request"] = round(
+                        (sum(item.cpu_seconds() for item in proxied) - cpu_before[1]) * 1e6 / requests, 1)
                 else:
                     cpu_before = direct.cpu_seconds()
                     result["direct"] = wrk(direct_url, args, load_cpu)
@@ -313,6 +335,7 @@ def bench_upstream(args, appdir, bind):
     ratios = [r["ratio"] for r in rounds]
     return {
         "upstream": bind,
+        "instances": args.instances,
         "rounds": rounds,
         "median_ratio": round(statistics.median(ratios), 3),
         "ratio_min": min(ratios),
@@ -327,14 +350,6 @@ def bench_upstream(args, appdir, bind):
         "median_server_cpu_ratio": statistics.median(r["server_cpu_ratio"] for r in rounds),
         "errors": sum(r["nginx"]["non_2xx"] + r["direct"]["non_2xx"] for r in rounds),
     }
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def static_throughput(args):
@@ -371,7 +386,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (one instance, one socket)")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="N > 1: N uvicorn instances of 1 worker, each on its own socket, behind nginx's least_conn "
+                             "(the role's horizontal scaling), against one uvicorn with N workers direct")
     parser.add_argument("--pin", action="store_true",
                         help="uvicorn on CPU 0, nginx and wrk on CPU 1 (1 worker only: ignored with --workers > 1)")
     parser.add_argument("--loop", choices=["auto", "asyncio", "uvloop"], default="auto",
@@ -385,7 +403,9 @@ def main():
     args = parser.parse_args()
     args.rounds = min(max(args.rounds, 3), 15)
     args.duration = min(max(args.duration, 1), 30)
-    if args.pin and args.workers > 1:
+    if args.instances > 1:
+        args.workers = 1
+    if args.pin and (args.workers > 1 or args.instances > 1):
         print("--pin ignored: several uvicorn workers need every core", file=sys.stderr)
         args.pin = False
     if shutil.which("wrk") is None:
@@ -394,7 +414,7 @@ def main():
     with open(f"{appdir}/benchapp.py", "w", encoding="utf-8") as out:
         out.write(FASTAPI_APP if args.app == "fastapi" else ASGI_APP)
     os.makedirs(SOCKET_DIR, exist_ok=True)
-    report = {"app": args.app, "workers": args.workers, "connections": args.connections, "duration_s": args.duration,
+    report = {"app": args.app, "workers": args.workers, "instances": args.instances, "connections": args.connections, "duration_s": args.duration,
               "pinned": args.pin, "cpus": os.cpu_count(), "stack": server_stack(args), "upstreams": []}
     try:
         for bind in (["unix", "tcp"] if args.upstream == "both" else [args.upstream]):

@@ -63,6 +63,21 @@ def test_only_tls12_and_tls13_configured(host):
     assert "ssl_session_tickets off;" in dump
 
 
+def test_worker_processes_leave_cores_to_the_local_app(host):
+    # every upstream of the scenario is on the host (unix socket, 127.0.0.1): half the cores
+    cores = int(host.check_output("nproc"))
+    dump = host.check_output("nginx -T 2>/dev/null")
+    assert f"worker_processes {max(1, cores // 2)};" in dump
+    # the running workers too (a worker just replaced by a reload may take a moment to go)
+    count = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -cx 'nginx: worker process' || true"
+    for _attempt in range(10):
+        running = int(host.check_output(count))
+        if running == max(1, cores // 2):
+            break
+        time.sleep(0.5)
+    assert running == max(1, cores // 2)
+
+
 def test_testssl_rates_a_plus(host):
     # side_effect.yml ran testssl 3.2 (Debian 13) against this host's loopback,
     # trusting the site's throwaway CA; bookworm's testssl 3.0.8 cannot rate

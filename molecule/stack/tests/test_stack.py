@@ -248,6 +248,8 @@ def test_web_host_runs_no_app(host):
     assert host.service("nginx").is_running
     assert not host.file(f"/opt/{APP_NAME}").exists
     assert host.file(f"/var/www/{APP_NAME}/index.html").exists
+    # its upstreams are on the app host: nginx has the cores to itself, one worker per core
+    assert "worker_processes auto;" in host.check_output("nginx -T 2>/dev/null")
 
 
 def test_gpu_host_runs_the_upscaling_service_on_the_cpu(host):
