@@ -383,6 +383,17 @@ def test_one_layer_with_limit_and_tags(tmp_path):
         assert re.search(rf"ok: \[kbxy-stack-web -> {backend}[](]", proc.stdout), tail(proc, 200)
 
 
+def test_uvicorn_keepalive_below_nginx_refused_before_any_change(tmp_path):
+    """An app whose uvicorn would drop idle connections before nginx does (502s on reuse) stops
+    site.yml on the web host with a message naming both settings, before any change."""
+    proc, _seconds, recap = run_playbook("site.yml", "--limit", "web", "--tags", "web", "-e",
+                                         '{"uvicorn_extra_args": ["--timeout-keep-alive", "3"]}',
+                                         fact_cache=tmp_path / "facts")
+    assert proc.returncode != 0, tail(proc)
+    assert "nginx_upstream_keepalive_timeout (4 s) must be below the --timeout-keep-alive of uvicorn" in proc.stdout, tail(proc)
+    assert recap["kbxy-stack-web"]["failed"] == 1 and recap["kbxy-stack-web"]["changed"] == 0, recap
+
+
 def test_backup_then_restore_brings_the_backup_back(api):
     """backup.yml, a row written after it, restore.yml (health-gated restart of both
     instances): the row from before the backup is there, the later one is gone."""
