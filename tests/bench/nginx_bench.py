@@ -188,9 +188,13 @@ class Uvicorn:
             time.sleep(0.1)
         raise RuntimeError(f"uvicorn did not answer: {self.argv}")
 
+    @property
+    def upstream_server(self):
+        # the address as an nginx upstream "server" names it
+        return f"unix:{self.address}" if self.bind == "unix" else f"127.0.0.1:{self.address}"
+
     def cpu_seconds(self):
-        # the supervisor and its workers: one process group (start_new_session)
-        return cpu_seconds(lambda comm, pgrp: pgrp == self.proc.pid)
+        return uvicorn_cpu_seconds([self])
 
     def __exit__(self, *exc):
         os.killpg(self.proc.pid, signal.SIGTERM)
@@ -255,6 +259,13 @@ def cpu_seconds(match):
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def uvicorn_cpu_seconds(instances):
+    """CPU time used so far by these uvicorns: each supervisor and its workers are one
+    process group (start_new_session), so one pass over /proc serves them all."""
+    groups = {item.proc.pid for item in instances}
+    return cpu_seconds(lambda comm, pgrp: pgrp in groups)
+
+
 def nginx_cpu_seconds():
     """CPU time (user + system) used so far by every nginx process.
 
@@ -284,8 +295,7 @@ def bench_upstream(args, appdir, bind):
     else:
         direct = Uvicorn(args, appdir, "tcp")
         proxied = [Uvicorn(args, appdir, "unix")] if bind == "unix" else []
-    install_site(args.site, [f"unix:{item.address}" if bind == "unix" else f"127.0.0.1:{item.address}"
-                             for item in (proxied or [direct])])
+    install_site(args.site, [item.upstream_server for item in (proxied or [direct])])
     if args.pin:
         pin_nginx(1)
     load_cpu = 1 if args.pin else None
@@ -309,12 +319,11 @@ def bench_upstream(args, appdir, bind):
             result = {}
             for side in order:
                 if side == "nginx":
-                    cpu_before = nginx_cpu_seconds(), sum(item.cpu_seconds() for item in proxied)
+                    cpu_before = nginx_cpu_seconds(), uvicorn_cpu_seconds(proxied)
                     result["nginx"] = wrk(nginx_url, args, load_cpu, BENCH_NAME)
                     requests = max(result["nginx"]["requests"], 1)
                     result["nginx"]["nginx_cpu_us_per_request"] = round((nginx_cpu_seconds() - cpu_before[0]) * 1e6 / requests, 1)
-                    result["nginx"]["uvicorn_cpu_us_per_request"] = round(
-                        (sum(item.cpu_seconds() for item in proxied) - cpu_before[1]) * 1e6 / requests, 1)
+                    result["nginx"]["uvicorn_cpu_us_per_request"] = round((uvicorn_cpu_seconds(proxied) - cpu_before[1]) * 1e6 / requests, 1)
                 else:
                     cpu_before = direct.cpu_seconds()
                     result["direct"] = wrk(direct_url, args, load_cpu)

@@ -65,17 +65,17 @@ def test_only_tls12_and_tls13_configured(host):
 
 def test_worker_processes_leave_cores_to_the_local_app(host):
     # every upstream of the scenario is on the host (unix socket, 127.0.0.1): half the cores
-    cores = int(host.check_output("nproc"))
+    expected = max(1, int(host.check_output("nproc")) // 2)
     dump = host.check_output("nginx -T 2>/dev/null")
-    assert f"worker_processes {max(1, cores // 2)};" in dump
+    assert f"worker_processes {expected};" in dump
     # the running workers too (a worker just replaced by a reload may take a moment to go)
     count = "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -cx 'nginx: worker process' || true"
     for _attempt in range(10):
         running = int(host.check_output(count))
-        if running == max(1, cores // 2):
+        if running == expected:
             break
         time.sleep(0.5)
-    assert running == max(1, cores // 2)
+    assert running == expected
 
 
 def test_testssl_rates_a_plus(host):
