@@ -59,8 +59,17 @@ for s in "${scenarios[@]}"; do
     printf 'molecule: %-14s %s  %4ss  %s\n' "$s" "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$secs" "$closing"
     echo "$closing" >>"$LOGS/pytest-closing-lines.txt"
     if [ "$rc" != 0 ]; then
-        echo "---- last 80 lines of $LOGS/molecule-$s.log ----"
-        tail -n 80 "$LOGS/molecule-$s.log"
+        # CI shows only the tail of this output: name the failed tests and their
+        # assertions first; the log's tail is molecule's destroy step.
+        if grep -q '^=* FAILURES =*$' "$LOGS/molecule-$s.log"; then
+            echo "---- failed tests of $s (from $LOGS/molecule-$s.log) ----"
+            sed -n '/^=* FAILURES =*$/,/^=* short test summary info =*$/p' "$LOGS/molecule-$s.log" \
+                | grep -E '^(_{3,} .* _{3,}|E  |[^ ].*:[0-9]+: )' | head -n 120
+            grep -E '^(FAILED|ERROR) ' "$LOGS/molecule-$s.log"
+        else
+            echo "---- last 80 lines of $LOGS/molecule-$s.log ----"
+            tail -n 80 "$LOGS/molecule-$s.log"
+        fi
     fi
 done
 exit $status
