@@ -449,7 +449,7 @@ def hardening_points(log):
 def index_of(points, leave_out=frozenset()):
     """The hardening index as Lynis computes it (points * 100 // maximum), less some tests."""
     kept = [value for test, value in points.items() if test not in leave_out]
-    return sum(got for got, _ in kept) * 100 // sum(top for _, top in kept)
+    return sum(got for got, top in kept) * 100 // sum(top for got, top in kept)
 
 
 def lynis(target):
@@ -467,7 +467,7 @@ def lynis(target):
     host_kernel = [points.get(test, [0, 0]) for test in HOST_KERNEL_TESTS]
     return {"index": index, "findings": findings, "seconds": seconds,
             "index_in_container": index_of(points, HOST_KERNEL_TESTS),
-            "host_kernel_points": (sum(p for p, _ in host_kernel), sum(m for _, m in host_kernel))}
+            "host_kernel_points": (sum(got for got, top in host_kernel), sum(top for got, top in host_kernel))}
 
 
 @pytest.fixture(scope="module")
