@@ -65,7 +65,7 @@ for s in "${scenarios[@]}"; do
             echo "---- failed tests of $s (from $LOGS/molecule-$s.log) ----"
             sed -n '/^=* FAILURES =*$/,/^=* short test summary info =*$/p' "$LOGS/molecule-$s.log" \
                 | grep -E '^(_{3,} .* _{3,}|E  |[^ ].*:[0-9]+: )' | head -n 120
-            grep -E '^(FAILED|ERROR) ' "$LOGS/molecule-$s.log"
+            grep -E '^(FAILED|ERROR) [^ ]+\.py' "$LOGS/molecule-$s.log"
         else
             echo "---- last 80 lines of $LOGS/molecule-$s.log ----"
             tail -n 80 "$LOGS/molecule-$s.log"
