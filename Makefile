@@ -54,16 +54,18 @@ bench-esrgan: setup-esrgan ## kbxy-upscale vs RealESRGANer MP/s (ARGS=--gpu on C
 molecule: setup images ## every molecule scenario (MOLECULE_JOBS side by side; SCENARIOS= to pick)
 	@tests/scripts/molecule.sh $(SCENARIOS)
 
-test: ## everything, from nothing, with a per-stage timing summary
+# set-up first, then two lanes side by side: the checks (lint, sanity, unit, esrgan) and
+# molecule (itself MOLECULE_JOBS scenarios side by side); a failure in either fails the run
+test: ## everything, from nothing, with a per-stage timing summary and the critical path
 	@tests/scripts/run-stages.sh \
 		"setup:$(MAKE) -s setup" \
 		"engine:$(MAKE) -s engine" \
 		"images:$(MAKE) -s images" \
-		"lint:$(MAKE) -s lint-yaml lint-ansible" \
-		"sanity:$(MAKE) -s sanity" \
-		"unit:$(MAKE) -s unit" \
-		"esrgan:$(MAKE) -s esrgan" \
-		"molecule:$(MAKE) -s molecule"
+		"molecule/molecule:$(MAKE) -s molecule" \
+		"checks/lint:$(MAKE) -s lint-yaml lint-ansible" \
+		"checks/sanity:$(MAKE) -s sanity" \
+		"checks/unit:$(MAKE) -s unit" \
+		"checks/esrgan:$(MAKE) -s esrgan"
 
 demo: setup images ## converge the demo hosts in local containers and show them
 	@tests/scripts/demo.sh

@@ -41,6 +41,7 @@ run_one() {
 for s in "${scenarios[@]}"; do
     rm -f "$LOGS/molecule-$s.result"
 done
+started_all=$(date +%s)
 for s in "${scenarios[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
     echo "molecule: starting scenario $s"
@@ -50,15 +51,30 @@ done
 # already have reaped a finished job (the `jobs` polling above) and then answers
 # "pid ... is not a child of this shell" with status 127 for a scenario that passed.
 wait
+finished_all=$(date +%s)
 status=0
+: >"$LOGS/molecule-times.tsv"
+scenario_seconds=0
 for s in "${scenarios[@]}"; do
-    rc=missing secs=-
+    rc=missing secs=- why=""
     [ -f "$LOGS/molecule-$s.result" ] && read -r _ rc secs <"$LOGS/molecule-$s.result"
-    [ "$rc" = 0 ] || status=1
     closing=$(grep -E '=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/molecule-$s.log" | tail -1 | sed 's/^[^=]*//')
+    # a scenario that passed without running its tests proves nothing: molecule skips
+    # verify when a scenario has no test files, and pytest collects 0 from a broken module
+    if [ "$rc" = 0 ]; then
+        if [ -z "$closing" ]; then
+            rc=no-verify why="never reached verify (no pytest closing line in $LOGS/molecule-$s.log)"
+        elif grep -Eq '^collected 0 items' "$LOGS/molecule-$s.log" || ! grep -Eq '[0-9]+ passed' <<<"$closing"; then
+            rc=no-tests why="its pytest collected or passed 0 tests: $closing"
+        fi
+    fi
+    [ "$rc" = 0 ] || status=1
+    [[ $secs =~ ^[0-9]+$ ]] && scenario_seconds=$((scenario_seconds + secs))
+    printf '%s\t%s\t%s\n' "$s" "$rc" "$secs" >>"$LOGS/molecule-times.tsv"
     printf 'molecule: %-14s %s  %4ss  %s\n' "$s" "$([ "$rc" = 0 ] && echo PASS || echo FAIL)" "$secs" "$closing"
+    [ -z "$why" ] || echo "molecule: scenario $s FAILED: $why"
     echo "$closing" >>"$LOGS/pytest-closing-lines.txt"
-    if [ "$rc" != 0 ]; then
+    if [ "$rc" != 0 ] && [ -z "$why" ]; then
         # CI shows only the tail of this output: name the failed tests and their
         # assertions first; the log's tail is molecule's destroy step.
         if grep -q '^=* FAILURES =*$' "$LOGS/molecule-$s.log"; then
@@ -72,4 +88,5 @@ for s in "${scenarios[@]}"; do
         fi
     fi
 done
+echo "molecule: ${#scenarios[@]} scenarios, $scenario_seconds scenario-seconds in $((finished_all - started_all)) s of wall time ($JOBS side by side)"
 exit $status

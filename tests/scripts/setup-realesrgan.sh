@@ -29,6 +29,11 @@ REFERENCE=(basicsr==1.4.2 realesrgan==0.3.0)
 
 want=$(cat "$0" "$PKG/pyproject.toml" | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.setup-realesrgan.sha256"
+# make test's check lane (esrgan) and the stack scenario's prepare may both get here at
+# once: one installs, the other waits and then finds the stamp
+mkdir -p build
+exec 8>build/setup-realesrgan.lock
+flock 8
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     say "$VENV is up to date, nothing to install"
     exit 0

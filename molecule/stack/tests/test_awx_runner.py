@@ -19,7 +19,7 @@ through ansible-runner. This test builds what AWX's RunJob builds for one job an
   meta vars AWX adds.
 
 Asserted: status successful and rc 0, every host reached over SSH, no failures, the deploy's
-run after molecule's converge and idempotence changed nothing, the backup job made a new backup that verifies on the app host,
+run after molecule's converge changed nothing on any host (the scenario's idempotence proof), the backup job made a new backup that verifies on the app host,
 and the backup job without the vault credential fails.
 """
 import json
