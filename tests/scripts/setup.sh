@@ -6,6 +6,7 @@ cd "$(dirname "$0")/../.." || exit 1
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+CACHE_DIR=${KBXY_CACHE_DIR:-$HOME/.cache/kbxy}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 say() { printf 'setup: %s\n' "$*"; }
@@ -37,12 +38,29 @@ fi
 stamp="$VENV/.requirements.sha256"
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    say "pip: installing requirements.txt"
-    "$VENV/bin/pip" install -q -U pip
-    "$VENV/bin/pip" install -q -r requirements.txt
+    # uv (installed by pip into the cache once) resolves and links from its cache in
+    # seconds where pip takes a minute; pip is the fall-back where uv cannot be had
+    UV="$CACHE_DIR/uv-tool/bin/uv"
+    if [ ! -x "$UV" ] && "$PYTHON" -m venv "$CACHE_DIR/uv-tool"; then
+        "$CACHE_DIR/uv-tool/bin/pip" install -q uv 2>&1 | grep -v "^WARNING: Location" || true
+    fi
+    if [ -x "$UV" ]; then
+        say "uv: installing requirements.txt"
+        # pip's settings on this machine (local wheel dirs, extra indexes, CA bundle) for uv too
+        uv_args=(--python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv-cache" --link-mode hardlink --index-strategy unsafe-best-match)
+        for dir in $("$PYTHON" -m pip config get global.find-links 2>/dev/null || true); do uv_args+=(--find-links "$dir"); done
+        for url in $("$PYTHON" -m pip config get global.extra-index-url 2>/dev/null || true); do uv_args+=(--extra-index-url "$url"); done
+        cert=$("$PYTHON" -m pip config get global.cert 2>/dev/null || true)
+        [ -z "$cert" ] || export SSL_CERT_FILE="$cert"
+        "$UV" pip install -q "${uv_args[@]}" -r requirements.txt
+    else
+        say "pip: installing requirements.txt (uv unavailable)"
+        "$VENV/bin/pip" install -q -U pip
+        "$VENV/bin/pip" install -q -r requirements.txt
+    fi
     echo "$want" > "$stamp"
 else
-    say "pip: requirements.txt unchanged, nothing to install"
+    say "requirements.txt unchanged, nothing to install"
 fi
 
 # The collection itself, importable as ansible_collections.kbxy.platform.
@@ -50,15 +68,22 @@ mkdir -p .collections/ansible_collections/kbxy
 ln -sfn ../../.. .collections/ansible_collections/kbxy/platform
 
 # Galaxy when it answers; otherwise the collections bundled with the ansible package.
-if timeout 8 "$VENV/bin/python" -c 'import urllib.request; urllib.request.urlopen("https://galaxy.ansible.com/api/", timeout=6)' 2>/dev/null; then
-    say "galaxy reachable: installing requirements.yml into .collections"
-    "$VENV/bin/ansible-galaxy" collection install -r requirements.yml -p .collections >/dev/null
-else
-    say "galaxy not reachable: using the collections bundled with the ansible package"
+# Checked once per venv and requirements (make runs setup before every stage, and an
+# unreachable Galaxy costs the probe's whole timeout each time).
+collections_stamp="$VENV/.collections.sha256"
+want_collections=$(cat requirements.yml requirements.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$collections_stamp" 2>/dev/null)" != "$want_collections" ]; then
+    if timeout 8 "$VENV/bin/python" -c 'import urllib.request; urllib.request.urlopen("https://galaxy.ansible.com/api/", timeout=6)' 2>/dev/null; then
+        say "galaxy reachable: installing requirements.yml into .collections"
+        "$VENV/bin/ansible-galaxy" collection install -r requirements.yml -p .collections >/dev/null
+    else
+        say "galaxy not reachable: using the collections bundled with the ansible package"
+    fi
+    installed=$(ANSIBLE_COLLECTIONS_PATH=.collections "$VENV/bin/ansible-galaxy" collection list 2>/dev/null)
+    for fqcn in community.general community.crypto ansible.posix community.docker; do
+        grep -q "^$fqcn " <<<"$installed" || { say "ERROR: collection $fqcn not found"; exit 1; }
+    done
+    echo "$want_collections" >"$collections_stamp"
 fi
-installed=$(ANSIBLE_COLLECTIONS_PATH=.collections "$VENV/bin/ansible-galaxy" collection list 2>/dev/null)
-for fqcn in community.general community.crypto ansible.posix community.docker; do
-    grep -q "^$fqcn " <<<"$installed" || { say "ERROR: collection $fqcn not found"; exit 1; }
-done
 version=$("$VENV/bin/ansible" --version 2>/dev/null)
 say "ready: ${version%%$'\n'*}"

@@ -213,63 +213,110 @@ def test_fail2ban_config_and_jails(host):
     assert host.check_output("fail2ban-client get sshd bantime") == "20"
 
 
+def fail2ban_ignored(host, jail, ip):
+    """How many failures of ``ip`` fail2ban has matched in ``jail`` and ignored (allowlist)."""
+    return host.file("/var/log/fail2ban.log").content_string.count(f"[{jail}] Ignore {ip} by ")
+
+
 def test_allowlisted_address_is_never_banned():
+    """The web host's failures reach fail2ban on the app host (it logs each match it
+    ignores) and still never ban it: the assertion waits for fail2ban's own record of
+    having seen them, not for a fixed time after which a late ban would go unseen."""
     target = address(APP)
     web_ip = address(WEB)
+    ignored_before = fail2ban_ignored(HOSTS[APP], "sshd", web_ip)
     # 5 failures: more than the scenario's maxretry (3), fewer than UFW's ssh limit (6).
     result = run_python(HOSTS[WEB], ATTACK, target, "nosuchadmin", "nohold", 5)
     assert [a["result"] for a in result["attempts"]] == ["denied"] * 5, result
-    time.sleep(2)
+    deadline = time.time() + 30
+    while fail2ban_ignored(HOSTS[APP], "sshd", web_ip) - ignored_before < 5 and time.time() < deadline:
+        time.sleep(0.5)
+    ignored = fail2ban_ignored(HOSTS[APP], "sshd", web_ip) - ignored_before
+    assert ignored >= 5, f"fail2ban matched {ignored} of the 5 failed logins of {web_ip} in 30 s"
     assert web_ip not in f2b_banned(HOSTS[APP], "sshd")
+    assert not re.search(rf"REJECT IN\s+{re.escape(web_ip)}\s", HOSTS[APP].check_output("ufw status"))
 
 
 def journal_time(line):
     return datetime.fromisoformat(line.split()[0]).timestamp()
 
 
-def test_ssh_bruteforce_is_banned_and_open_connection_cut(host):
-    name = name_of(host)
+def reset_ufw_ssh_limit(host, ip):
+    """Make UFW's ssh rate limit (iptables' `recent` match, 6 new connections in 30 s)
+    forget ``ip``, as its 30 s window would; False where /proc/net/xt_recent is not writable."""
+    lists = host.run("ls /proc/net/xt_recent").stdout.split()
+    return bool(lists) and all(host.run(f"echo -{ip} > /proc/net/xt_recent/{name}").rc == 0 for name in lists)
+
+
+def bruteforce(name):
+    """One host's SSH brute force from the outside host and what followed, recorded."""
+    host = HOSTS[name]
     ip = address(name)
     since = host.check_output("date +%s.%N")
+    record = {"attack": run_python(OUTSIDE, ATTACK, ip, "nosuchuser", "hold", 6)}
+    record["banned"] = f2b_banned(host, "sshd")
+    record["ufw_verbose"] = host.check_output("ufw status verbose")
+    record["fails"] = host.run(
+        f"journalctl -o short-iso-precise --since @{since.split('.')[0]} -u ssh.service "
+        f"| grep 'Invalid user nosuchuser from {OUTSIDE_IP} '").stdout.splitlines()
+    record["bans"] = [line for line in host.file("/var/log/fail2ban.log").content_string.splitlines()
+                      if f"[sshd] Ban {OUTSIDE_IP}" in line]
+    # The ban lifts by itself after bantime (20 s here, at most bantime.maxtime 30 s).
+    deadline = time.time() + BANTIME_MAX_S + 10
+    while OUTSIDE_IP in f2b_banned(host, "sshd") and time.time() < deadline:
+        time.sleep(1)
+    record["lifted_at"] = time.time()
+    record["banned_after"] = f2b_banned(host, "sshd")
+    record["ufw_after"] = host.check_output("ufw status")
+    # UFW's own ssh rate limit still remembers the attack's connections: reset it for the
+    # outside address (or sleep its window out where that is not possible), then connect once.
+    record["limit_reset"] = reset_ufw_ssh_limit(host, OUTSIDE_IP)
+    if not record["limit_reset"]:
+        time.sleep(max(0, record["attack"]["attempts"][-1]["t"] + UFW_LIMIT_WINDOW_S + 1 - time.time()))
+    record["scan_after"] = run_python(OUTSIDE, SCAN, ip, "22")
+    return record
+
+
+@pytest.fixture(scope="module")
+def bruteforce_records():
+    """Both hardened hosts attacked at the same time (each waits out its own ban)."""
     try:
-        result = run_python(OUTSIDE, ATTACK, ip, "nosuchuser", "hold", 6)
-        results = [a["result"] for a in result["attempts"]]
-        assert result["banner"].startswith("SSH-2.0-"), result
-        assert results[-1] == "refused" and results.count("denied") >= 3, result
-        assert OUTSIDE_IP in f2b_banned(host, "sshd")
-        assert re.search(rf"REJECT IN\s+{re.escape(OUTSIDE_IP)}\s", host.check_output("ufw status verbose"))
-        # How long after the last failure the ban came: sshd's journal against fail2ban's
-        # log. Issue 8 asks for 2 s (0.4-0.6 s on a quiet host); the figure is printed for
-        # the record. The bound asserted is looser, since a test must not time a shared,
-        # loaded CI box: it still fails a journal backend that polls or lags by whole
-        # intervals, and the attacker's refused connection above is the behaviour.
-        fails = host.check_output(
-            f"journalctl -o short-iso-precise --since @{since.split('.')[0]} -u ssh.service "
-            f"| grep 'Invalid user nosuchuser from {OUTSIDE_IP} '").splitlines()
-        bans = [line for line in host.file("/var/log/fail2ban.log").content_string.splitlines()
-                if f"[sshd] Ban {OUTSIDE_IP}" in line]
-        ban_t = datetime.strptime(bans[-1][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        delay = ban_t - journal_time(fails[-1])
-        print(f"\n{name}: sshd ban {delay:.2f} s after the last failed login")
-        assert -0.5 < delay <= 10.0, (delay, fails[-1], bans[-1])
-        # The connection opened before the ban no longer talks.
-        assert result["held"] in ("reset", "eof", "silent"), result
-        # The ban lifts by itself after bantime (20 s here, at most bantime.maxtime
-        # 30 s), on both Debian 12 (fail2ban 1.0) and Debian 13 (1.1).
-        deadline = time.time() + BANTIME_MAX_S + 10
-        while OUTSIDE_IP in f2b_banned(host, "sshd") and time.time() < deadline:
-            time.sleep(1)
-        lifted_after = time.time() - ban_t
-        print(f"\n{name}: sshd ban lifted {lifted_after:.1f} s after the ban")
-        assert OUTSIDE_IP not in f2b_banned(host, "sshd"), lifted_after
-        assert 15 <= lifted_after <= BANTIME_MAX_S + 10, lifted_after
-        assert OUTSIDE_IP not in host.check_output("ufw status")
-        # Let UFW's own ssh rate limit forget the attack, then connect once.
-        last_hit = result["attempts"][-1]["t"]
-        time.sleep(max(0, last_hit + UFW_LIMIT_WINDOW_S + 1 - time.time()))
-        assert run_python(OUTSIDE, SCAN, ip, "22") == {"22": "open"}
+        with ThreadPoolExecutor(len(HOSTS)) as pool:
+            return dict(zip(HOSTS, pool.map(bruteforce, HOSTS)))
     finally:
-        unban(host, OUTSIDE_IP)
+        for host in HOSTS.values():
+            unban(host, OUTSIDE_IP)
+
+
+def test_ssh_bruteforce_is_banned_and_open_connection_cut(host, bruteforce_records):
+    name = name_of(host)
+    record = bruteforce_records[name]
+    result = record["attack"]
+    results = [a["result"] for a in result["attempts"]]
+    assert result["banner"].startswith("SSH-2.0-"), result
+    assert results[-1] == "refused" and results.count("denied") >= 3, result
+    assert OUTSIDE_IP in record["banned"]
+    assert re.search(rf"REJECT IN\s+{re.escape(OUTSIDE_IP)}\s", record["ufw_verbose"])
+    # How long after the last failure the ban came: sshd's journal against fail2ban's
+    # log. Issue 8 asks for 2 s (0.4-0.6 s on a quiet host); the figure is printed for
+    # the record. The bound asserted is looser, since a test must not time a shared,
+    # loaded CI box: it still fails a journal backend that polls or lags by whole
+    # intervals, and the attacker's refused connection above is the behaviour.
+    assert record["fails"] and record["bans"], record
+    ban_t = datetime.strptime(record["bans"][-1][:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    delay = ban_t - journal_time(record["fails"][-1])
+    print(f"\n{name}: sshd ban {delay:.2f} s after the last failed login")
+    assert -0.5 < delay <= 10.0, (delay, record["fails"][-1], record["bans"][-1])
+    # The connection opened before the ban no longer talks.
+    assert result["held"] in ("reset", "eof", "silent"), result
+    # The ban lifted by itself after bantime, on both Debian 12 (fail2ban 1.0) and 13 (1.1).
+    lifted_after = record["lifted_at"] - ban_t
+    print(f"\n{name}: sshd ban lifted {lifted_after:.1f} s after the ban "
+          f"(UFW's ssh limit {'reset' if record['limit_reset'] else 'window slept out'})")
+    assert OUTSIDE_IP not in record["banned_after"], lifted_after
+    assert 15 <= lifted_after <= BANTIME_MAX_S + 10, lifted_after
+    assert OUTSIDE_IP not in record["ufw_after"]
+    assert record["scan_after"] == {"22": "open"}
 
 
 API_401 = r"""

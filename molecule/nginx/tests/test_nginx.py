@@ -1,6 +1,7 @@
 """kbxy.platform.nginx, seen from inside each test host (traffic to 127.0.0.1 only)."""
 
 import json
+import re
 import shlex
 import time
 
@@ -123,8 +124,12 @@ def test_old_tls_refused(host, option):
     # SECLEVEL=0 lets Debian's OpenSSL client offer the old protocols, so the
     # refusal is the server's
     result = s_client(host, f"{option} -cipher DEFAULT@SECLEVEL=0")
-    assert result.rc != 0
-    assert "Cipher is (NONE)" in result.stdout or "no protocols available" in result.stderr or result.rc != 0
+    # the TCP connection was made and the server answered the old hello with an alert:
+    # a refused or failed connection, or a client that could not offer the protocol, fails
+    assert result.rc != 0, result.stdout
+    assert "CONNECTED(" in result.stdout, (result.stdout, result.stderr)
+    assert "no protocols available" not in result.stderr, result.stderr
+    assert re.search(r"alert protocol version|unsupported protocol|wrong version number", result.stderr), result.stderr
 
 
 @pytest.mark.parametrize("option,protocol", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
@@ -191,8 +196,10 @@ def test_hashed_asset_cached_and_compressed(host):
 
 
 def test_api_reaches_upstream_with_client_address(host):
+    # least_conn over the two stand-in instances (unix socket and TCP): sequential
+    # requests alternate, so both must answer; one that never answers fails
     listeners = set()
-    for _round in range(4):
+    for _round in range(8):
         answer = json.loads(curl(host, f"-H 'X-Forwarded-For: 203.0.113.9' https://{NAME}/api/echo?q=1"))
         assert answer["path"] == "/api/echo?q=1"
         assert answer["x_real_ip"] == "127.0.0.1"
@@ -201,7 +208,9 @@ def test_api_reaches_upstream_with_client_address(host):
         assert answer["x_forwarded_proto"] == "https"
         assert answer["host"] == NAME
         listeners.add(answer["listener"])
-    assert listeners <= {"unix", "tcp"}
+        if listeners == {"unix", "tcp"}:
+            break
+    assert listeners == {"unix", "tcp"}
 
 
 def test_access_log_buffered_and_flushed(host):
@@ -272,6 +281,13 @@ def test_reload_under_load_dropped_nothing(host):
     assert findings["failures"] == []
     assert findings["ok"] == findings["requests"] > 300
     assert findings["stopped_by_stop_file"] is True  # the load outlasted every reload
+    # A retry is a keep-alive connection an old worker closed while idle after a reload:
+    # at most once per keep-alive thread (2 of the client's 4) and reload (3 under load:
+    # the ACME site's validate-and-reload, the reload serving its certificate, the
+    # renewal hook's). More means connections were dropped some other way.
+    retried = findings.get("retried_on_new_connection", 0)
+    print(f"\nreload under load: {findings['requests']} requests, {retried} retried on a new connection")
+    assert retried <= 2 * 3, findings
 
 
 def test_idle_upstream_keepalive_never_502(host):

@@ -278,17 +278,23 @@ def test_client_writes_through_the_api(client):
     assert answer["status"] == 200 and json.loads(answer["body"])["name"] == name
 
 
-def test_client_upscales_an_image_through_nginx_on_the_gpu_host(client):
+def test_client_upscales_an_image_through_nginx_on_the_gpu_host(client, upscale_reference):
     """POST /ai/v1/upscale on the web host reaches kbxy-upscale on kbxy-stack-gpu; the
-    answer is a PNG four times the size, decoded here."""
+    answer is a PNG four times the size whose pixels are the model's upscale of the picture
+    sent (compared with the service's own code on the controller: a black answer fails)."""
     started = time.monotonic()
+    source = png_rgb(24, 16)
     answer = client_get(client, f"/ai/v1/upscale?model={GPU_MODEL}&format=png", method="POST",
-                        headers={"Content-Type": "image/png"}, body=base64.b64encode(png_rgb(24, 16)).decode(),
+                        headers={"Content-Type": "image/png"}, body=base64.b64encode(source).decode(),
                         timeout=300)
     print(f"\nupscale 24x16 -> PNG through nginx from the client: {time.monotonic() - started:.1f} s")
     assert answer["status"] == 200, answer["body"][:300]
     assert answer["headers"]["Content-Type"] == "image/png"
     assert png_size(answer["body"]) == (96, 64)
+    gpu_env = testinfra.get_host("ansible://kbxy-stack-gpu", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]).file(
+        "/etc/kbxy-upscale/kbxy-upscale.env").content_string
+    compared = upscale_reference(source, answer["body"], int(re.search(r"^KBXY_UPSCALE_TILE=(\d+)$", gpu_env, re.M).group(1)))
+    assert compared["max_abs_diff"] <= 2 and float(compared["psnr_db"]) >= 45, compared
     models = client_get(client, "/ai/v1/models")
     assert models["status"] == 200 and GPU_MODEL in models["body"].decode()
 

@@ -1,10 +1,16 @@
-"""kbxy.platform.realesrgan: the Real-ESRGAN service converged on the CPU (no GPU here).
+"""kbxy.platform.realesrgan on the stack's gpu host (Debian 12, the CPU: no GPU here).
 
-The HTTP tests run a small urllib client inside the host (the socket listens on 127.0.0.1
-and IPAddressAllow= admits only localhost). The PNG is generated here with zlib and
-struct, so nothing fakes the service: its answer is parsed and its pixel data inflated.
-The GPU test runs gpu-required.yml with ansible-playbook against molecule's inventory
-and reads the play's output.
+These tests were the realesrgan scenario's; the stack converges the same role on
+kbxy-stack-gpu (with inventories/local/group_vars/gpu.yml), so they run here and torch is
+installed once per suite. check mode on the fresh host is the stack's check step; the
+idempotent rerun is AWX's deploy template (test_awx_runner.py). The service listens on the
+host's address for the web hosts (socket activation: the service itself still has no
+network). The HTTP tests run a small urllib client inside the host (IPAddressAllow= admits
+localhost and the web hosts). The PNG is generated here with zlib and struct, so nothing
+fakes the service: its answer is decoded and compared, pixel by pixel, with the same
+upscale made on the controller by the service's own code. The GPU test runs
+gpu-required.yml with ansible-playbook against molecule's inventory and reads the play's
+output.
 """
 import base64
 import hashlib
@@ -19,13 +25,15 @@ from pathlib import Path
 
 import testinfra.utils.ansible_runner
 
+from conftest import GPU_MODEL_FILE  # pylint: disable=wrong-import-order
+
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
-testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("all")
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("gpu")
 
 SERVICE = "kbxy-upscale"
-PORT = 8100
-MODEL = "general-x4v3"  # realesrgan_models in molecule.yml
+PORT = 8100  # kbxy_gpu_port in inventories/local/group_vars/all.yml
+MODEL = "general-x4v3"  # realesrgan_models in inventories/local/group_vars/gpu.yml
 SCALE = 4
 
 # Client run inside the host: argv = method, path, base64 body ("" for none), content type.
@@ -114,8 +122,7 @@ def test_layout_env_and_models(host):
     assert "KBXY_UPSCALE_ALLOW_CPU=1" in env.content_string
     model = host.file(f"/opt/{SERVICE}/models/{MODEL}.pth")
     assert (model.user, model.group, model.mode) == ("root", SERVICE, 0o640)
-    local = SCENARIO_DIR.parents[1] / "build" / "realesrgan" / f"{MODEL}.pth"
-    assert model.sha256sum == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert model.sha256sum == hashlib.sha256(GPU_MODEL_FILE.read_bytes()).hexdigest()
     # the wheelhouse and the package sources are removed from the host after the install
     assert not host.file(f"/opt/{SERVICE}/.staging").exists
     data = host.file(f"/var/lib/{SERVICE}")
@@ -179,10 +186,14 @@ def test_health_on_cpu_with_the_model(host):
     assert MODEL in health["models"]
 
 
-def test_upscale_png_through_the_unit(host):
+def test_upscale_png_through_the_unit(host, upscale_reference):
+    """The answer is the model's upscale of this picture: equal, within the CPU's fp32
+    rounding, to the service's own code run on the controller with the same model file and
+    tile (a black, grey or wrongly scaled answer fails)."""
     width, height = 24, 16
+    source = png_rgb(width, height)
     started = time.monotonic()
-    answer = request(host, "POST", f"/v1/upscale?model={MODEL}&format=png", png_rgb(width, height), "image/png")
+    answer = request(host, "POST", f"/v1/upscale?model={MODEL}&format=png", source, "image/png")
     print(f"upscale {width}x{height} x{SCALE} on the CPU over HTTP: {time.monotonic() - started:.1f} s")
     assert answer["status"] == 200, answer["body"][:500]
     assert answer["type"].startswith("image/png")
@@ -190,6 +201,10 @@ def test_upscale_png_through_the_unit(host):
     assert (out_w, out_h) == (width * SCALE, height * SCALE)
     channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
     assert len(pixels) == out_h * (1 + out_w * channels * depth // 8)
+    tile = int(re.search(r"^KBXY_UPSCALE_TILE=(\d+)$", host.file(f"/etc/{SERVICE}/{SERVICE}.env").content_string, re.M).group(1))
+    compared = upscale_reference(source, answer["body"], tile)
+    assert compared["answer_shape"] == compared["reference_shape"] == [height * SCALE, width * SCALE, 3], compared
+    assert compared["max_abs_diff"] <= 2 and float(compared["psnr_db"]) >= 45, compared
 
 
 def test_bad_input_is_4xx_and_service_stays_up(host):
@@ -206,7 +221,7 @@ def test_bad_input_is_4xx_and_service_stays_up(host):
 def test_host_without_gpu_fails_when_gpu_required(host):
     before = host.check_output(f"systemctl show -p ActiveEnterTimestamp --value {SERVICE}.service")
     proc = subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "gpu-required.yml")],
+        ["ansible-playbook", "-i", INVENTORY, str(SCENARIO_DIR / "gpu-required.yml"), "--limit", host.backend.get_hostname()],
         capture_output=True, text=True, timeout=300, env=os.environ.copy(), check=False,
     )
     out = proc.stdout + proc.stderr
