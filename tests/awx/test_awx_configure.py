@@ -5,10 +5,14 @@ not reachable here (it needs Kubernetes and registry images), so the API calls a
 made; the module arguments are checked by ansible-lint's `args` rule against awx.awx's
 argument specs (make lint), and these tests check the rest with the real tools.
 """
+import glob
 import os
 import re
 
+import jinja2
+import jinja2.nodes
 import pytest
+import yaml
 
 from awxlib import AWX_CONFIGURE, ROOT, awx_inventory_script, configure_play, environments, job_templates, run, tool
 
@@ -93,18 +97,116 @@ def test_destructive_templates_ask_for_confirmation(tpl):
     assert all(not q.get("default") for q in confirm)
 
 
+# Keys whose values Ansible evaluates as bare Jinja expressions (no braces).
+CONDITIONAL_KEYS = {"when", "changed_when", "failed_when", "until", "that"}
+INCLUDE_TASKS = {"ansible.builtin.include_tasks", "ansible.builtin.import_tasks", "include_tasks", "import_tasks"}
+INCLUDE_ROLE = {"ansible.builtin.include_role", "ansible.builtin.import_role", "include_role", "import_role"}
+IMPORT_PLAYBOOK = {"ansible.builtin.import_playbook", "import_playbook"}
+JINJA = jinja2.Environment(extensions=["jinja2.ext.loopcontrols", "jinja2.ext.do"])
+
+
+def jinja_names(text, bare=False):
+    """Variables a Jinja template (or, bare, an expression) reads: its names in load context."""
+    if bare and "{{" not in text and "{%" not in text:
+        text = "{{ (%s) }}" % text
+    elif "{{" not in text and "{%" not in text:
+        return set()
+    tree = JINJA.parse(text)
+    return set(n.name for n in tree.find_all(jinja2.nodes.Name) if n.ctx == "load")
+
+
+class PlaybookReads(object):
+    """The variables a playbook reads, in its own plays and in everything they run, transitively.
+
+    Followed: import_playbook, a play's roles, include_role/import_role (the role's
+    tasks_from file, handlers, defaults, vars, templates and meta dependencies) and
+    include_tasks/import_tasks (a templated file name matches every file it can name).
+    A variable counts as read where a Jinja expression uses it: in {{ }} or {% %} in any
+    value, or in a conditional (when, that, ...). Declaring it (a key in vars, defaults or
+    a survey) or naming it in a comment, a task name or a message does not count.
+    """
+
+    def __init__(self, playbook):
+        self.names, self.files, self.roles = set(), set(), set()
+        self.playbook(os.path.abspath(playbook))
+
+    def scan(self, value, key=None):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.scan(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                self.scan(v, key)
+        elif isinstance(value, str):
+            self.names |= jinja_names(value, bare=key in CONDITIONAL_KEYS)
+
+    def load(self, path):
+        if path in self.files:
+            return None
+        self.files.add(path)
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        self.scan(data)
+        return data
+
+    def playbook(self, path):
+        for play in self.load(path) or []:
+            imported = [play[k] for k in IMPORT_PLAYBOOK if k in play]
+            if imported:
+                name = imported[0]
+                if re.fullmatch(r"kbxy\.platform\.\w+", name):  # a collection playbook
+                    self.playbook(str(ROOT / "playbooks" / (name.split(".")[-1] + ".yml")))
+                else:
+                    self.playbook(os.path.join(os.path.dirname(path), name))
+                continue
+            for role in play.get("roles", []):
+                self.role(role if isinstance(role, str) else role["role"])
+            for key in ("pre_tasks", "tasks", "post_tasks", "handlers"):
+                self.tasks(play.get(key) or [], os.path.dirname(path))
+
+    def tasks(self, tasks, tasks_dir):
+        for task in tasks:
+            for key in ("block", "rescue", "always"):
+                self.tasks(task.get(key) or [], tasks_dir)
+            for key in INCLUDE_TASKS & set(task):
+                name = task[key]["file"] if isinstance(task[key], dict) else task[key]
+                pattern = re.sub(r"{{.*?}}", "*", os.path.join(tasks_dir, name))
+                for path in sorted(glob.glob(pattern)):
+                    self.tasks(self.load(path) or [], os.path.dirname(path))
+            for key in INCLUDE_ROLE & set(task):
+                self.role(task[key]["name"], task[key].get("tasks_from", "main"))
+
+    def role(self, name, tasks_from="main"):
+        role_dir = ROOT / "roles" / re.sub(r"^kbxy\.platform\.", "", name)
+        assert role_dir.is_dir(), f"role {name} is not in this collection"
+        tasks_file = str(role_dir / "tasks" / (tasks_from if tasks_from.endswith(".yml") else tasks_from + ".yml"))
+        self.tasks(self.load(tasks_file) or [], os.path.dirname(tasks_file))
+        if name in self.roles:
+            return
+        self.roles.add(name)
+        for part in ("defaults", "vars"):
+            if (role_dir / part / "main.yml").is_file():
+                self.load(str(role_dir / part / "main.yml"))
+        if (role_dir / "handlers" / "main.yml").is_file():
+            self.tasks(self.load(str(role_dir / "handlers" / "main.yml")) or [], str(role_dir / "handlers"))
+        for template in sorted((role_dir / "templates").rglob("*")) if (role_dir / "templates").is_dir() else []:
+            if template.is_file():
+                self.names |= jinja_names(template.read_text())
+        meta = role_dir / "meta" / "main.yml"
+        if meta.is_file():
+            for dep in (yaml.safe_load(meta.read_text()) or {}).get("dependencies") or []:
+                self.role(dep if isinstance(dep, str) else dep.get("role", dep.get("name")))
+
+
 @pytest.mark.parametrize("tpl", [t for t in TEMPLATES if t["survey"]], ids=lambda t: t["name"])
 def test_survey_variables_are_read_by_the_job(tpl):
-    """Each survey answer (an extra var) is a variable the playbook or a role it runs reads."""
-    texts = [(ROOT / tpl["playbook"]).read_text()]
-    for path in (ROOT / "roles").glob("*/tasks/*.yml"):
-        texts.append(path.read_text())
-    corpus = "\n".join(texts)
-    for question in tpl["survey"]:
-        if question["variable"] == "kbxy_awx_confirm":
-            continue  # enforced by AWX itself (see above)
-        assert re.search(r"\b%s\b" % re.escape(question["variable"]), corpus), (
-            f"{tpl['playbook']} does not read survey variable {question['variable']}")
+    """Each survey answer (an extra var) is a variable the template's own playbook reads, itself
+    or through the roles and task files it runs; another playbook or role reading it does not count."""
+    reads = PlaybookReads(ROOT / tpl["playbook"])
+    unread = [q["variable"] for q in tpl["survey"]
+              if q["variable"] != "kbxy_awx_confirm"  # enforced by AWX itself (see above)
+              and q["variable"] not in reads.names]
+    assert unread == [], f"{tpl['playbook']} (and what it runs: {sorted(reads.files)}) never reads survey variables {unread}"
 
 
 def test_configure_refuses_to_run_without_connection_settings():

@@ -2,9 +2,14 @@
 """kbxy.platform.sqlite_integrity / sqlite_backup / sqlite_swap through ansible-playbook."""
 from __future__ import absolute_import, division, print_function
 
+import datetime
 import gzip
+import json
 import os
 import re
+import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -18,6 +23,49 @@ def task(name, module, ignore_errors=False, **args):
     if ignore_errors:
         t["ignore_errors"] = True
     return t
+
+
+def task_seconds(run, name):
+    """Wall time the controller measured for task `name` (the json callback's task duration).
+
+    It encloses the module's whole run (transfer, interpreter start-up, the work): an upper
+    bound of the elapsed_s a module reports.
+    """
+    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
+    for play in json.loads(run.stdout)["plays"]:
+        for t in play["tasks"]:
+            if t["task"]["name"] == name:
+                d = t["task"]["duration"]
+                return (datetime.datetime.strptime(d["end"], stamp) - datetime.datetime.strptime(d["start"], stamp)).total_seconds()
+    raise KeyError(name)
+
+
+class LockHolder(threading.Thread):
+    """Holds an SQLite lock on `db` from now until `hold_s` seconds after `watch_dir` gets its first entry.
+
+    The backup and swap functions start their clock first and only then create files in
+    their backup directory (the prefix lock, the temp copy); when the module then needs the
+    lock held here, it cannot finish before the lock is released, so its elapsed_s is at
+    least `self.held` (first entry seen to release) >= hold_s.
+    """
+
+    def __init__(self, db, begin, watch_dir, hold_s, timeout=120.0):
+        super(LockHolder, self).__init__()
+        self.daemon = True
+        self.conn = sqlite3.connect(db, timeout=5, isolation_level=None, check_same_thread=False)
+        self.conn.execute(begin)  # taken before the playbook starts
+        self.watch_dir, self.hold_s, self.timeout = watch_dir, hold_s, timeout
+        self.held = None
+
+    def run(self):
+        end = time.monotonic() + self.timeout
+        while not os.listdir(self.watch_dir) and time.monotonic() < end:
+            time.sleep(0.005)
+        seen = time.monotonic()
+        time.sleep(self.hold_s)
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+        self.held = time.monotonic() - seen
 
 
 def test_integrity_ok_wal_frames_and_corrupt_inputs(playbook, tmp_path):
@@ -89,7 +137,8 @@ def test_backup_with_writer_retention_and_check_mode(playbook, tmp_path):
     assert sorted(r["pruned"]) == sorted([str(out / "app-20200104T000000Z.db.gz"), str(out / "app-20200101T000000Z.db.gz")])
     assert r["kept"] == [r["backup_file"], str(out / "app-20200105T000000Z.db.gz"), str(out / "app-20200104T120000Z.db.gz")]
     assert r["sha256"] == lib.sha256(r["backup_file"]) and r["size_bytes"] == os.path.getsize(r["backup_file"])
-    assert r["elapsed_s"] > 0
+    # the module's own clock: within the time the controller saw the task take
+    assert 0 < r["elapsed_s"] <= task_seconds(run, "backup")
     assert oct(os.stat(r["backup_file"]).st_mode & 0o777) == "0o640"
     # zero lost writes: live db has every committed row; the backup a gap-free prefix incl. all rows before it started
     assert lib.writer_ids(db) == w.committed()
@@ -115,13 +164,55 @@ def test_swap_online_with_writer_zero_lost_writes(playbook, tmp_path):
     assert summary["rc"] == 0 and summary["errors"] == []
     r = run["swap"]
     assert r["changed"] is True and r["method"] == "online" and r["backup_file"]
-    assert r["src_sha256"] == lib.sha256(src) and r["elapsed_s"] > 0
+    assert r["src_sha256"] == lib.sha256(src)
+    assert 0 < r["elapsed_s"] <= task_seconds(run, "swap")
     assert lib.item_tags(dest) == ["new"]
     ids = lib.writer_ids(dest)
     committed = w.committed()
     assert ids == list(range(ids[0], committed[-1] + 1)), "a committed write is missing after the swap"
     assert ids[0] > 1
     assert lib.item_tags(r["backup_file"]) == ["old"]
+
+
+def test_elapsed_s_is_the_time_the_module_took(playbook, tmp_path):
+    """elapsed_s of sqlite_backup and sqlite_swap, bounded on both sides by clocks outside the module.
+
+    Each module runs twice in one playbook: once freely, once while this test holds a lock
+    the module needs (an EXCLUSIVE lock on a rollback-journal source for the backup, the
+    write lock of the live database for the swap) for HOLD_S seconds after the module
+    started. The held run must report at least the time it was held, each run at most the
+    task's wall time, so a constant, a wrong unit or a clock started late all fail.
+    """
+    hold_s = 1.5
+    dirs = dict((k, tmp_path / k) for k in ("free", "held", "free-bk", "held-bk"))
+    for d in dirs.values():
+        d.mkdir()
+    src = {"free": lib.make_db(str(tmp_path / "free.db"), rows=300),
+           "held": lib.make_db(str(tmp_path / "held.db"), rows=300, wal=False)}
+    dest = {"free": lib.make_db(str(tmp_path / "app-free.db"), rows=300),
+            "held": lib.make_db(str(tmp_path / "app-held.db"), rows=300)}
+    new = lib.make_db(str(tmp_path / "new.db"), rows=100, tag="new", wal=False)
+    holders = [LockHolder(src["held"], "BEGIN EXCLUSIVE", str(dirs["held"]), hold_s),
+               LockHolder(dest["held"], "BEGIN IMMEDIATE", str(dirs["held-bk"]), hold_s)]
+    for h in holders:
+        h.start()
+    try:
+        run = playbook([
+            task("backup free", "sqlite_backup", src=src["free"], dest_dir=str(dirs["free"])),
+            task("backup held", "sqlite_backup", src=src["held"], dest_dir=str(dirs["held"])),
+            task("swap free", "sqlite_swap", src=new, dest=dest["free"], backup_dir=str(dirs["free-bk"])),
+            task("swap held", "sqlite_swap", src=new, dest=dest["held"], backup_dir=str(dirs["held-bk"])),
+        ])
+    finally:
+        for h in holders:
+            h.join(150)
+    for module, holder in zip(("backup", "swap"), holders):
+        free, held = run[module + " free"], run[module + " held"]
+        assert free["changed"] is True and held["changed"] is True, (free, held)
+        assert holder.held is not None and holder.held >= hold_s
+        assert 0 < free["elapsed_s"] <= task_seconds(run, module + " free"), free["elapsed_s"]
+        assert holder.held - 0.001 <= held["elapsed_s"] <= task_seconds(run, module + " held"), (holder.held, held["elapsed_s"])
+        assert free["elapsed_s"] < held["elapsed_s"]  # the same work, once made to wait
 
 
 def test_swap_rename_refused_with_pid(playbook, tmp_path):

@@ -6,6 +6,7 @@ root has no key (the lockout guard keeps password login on). The outside host
 scans and attacks them. Traffic goes only to these containers' own addresses,
 read from `docker inspect`; every loop is bounded in count and time.
 """
+import hashlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 
 import docker
 import pytest
@@ -466,6 +468,7 @@ def test_wrong_variable_stops_the_play_at_validation():
 
 
 # ------------------------------------------------------------------ Lynis
+LYNIS_BASELINE_CACHE = Path.home() / ".cache" / "kbxy" / "lynis-baseline"
 LYNIS_MIN_INDEX = 80  # issue 8: bare image ~57-61, devsec.hardening ~70
 # KRNL-6000 scores the running kernel's sysctl values. In a container those are the
 # container host's (read-only here, and the role skips sysctl there), so its points
@@ -517,17 +520,44 @@ def lynis(target):
             "host_kernel_points": (sum(got for got, top in host_kernel), sum(top for got, top in host_kernel))}
 
 
+def lynis_baseline_key():
+    """What the unhardened baseline depends on: the image, Lynis' version and the prepare
+    steps that ran on the outside host (a change of any measures it again)."""
+    scenario = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    digest.update(docker.from_env().containers.get(OUTSIDE_NAME).image.id.encode())
+    digest.update(OUTSIDE.check_output("dpkg-query -W -f '${Version}' lynis").encode())
+    for prepare in (scenario / "prepare.yml", scenario.parent / "_shared" / "prepare.yml"):
+        digest.update(prepare.read_bytes())
+    return digest.hexdigest()[:24]
+
+
 @pytest.fixture(scope="module")
 def lynis_results():
-    targets = {WEB: HOSTS[WEB], APP: HOSTS[APP], OUTSIDE_NAME: OUTSIDE}
+    """The hardened hosts' audits, and the unhardened baseline: measured once per image
+    build (and Lynis version and prepare steps), then read from the cache."""
+    cache = LYNIS_BASELINE_CACHE / f"{lynis_baseline_key()}.json"
+    targets = {WEB: HOSTS[WEB], APP: HOSTS[APP]}
+    if not cache.exists():
+        targets[OUTSIDE_NAME] = OUTSIDE
     with ThreadPoolExecutor(len(targets)) as pool:
-        return dict(zip(targets, pool.map(lynis, targets.values())))
+        results = dict(zip(targets, pool.map(lynis, targets.values())))
+    if OUTSIDE_NAME in results:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".tmp")
+        partial.write_text(json.dumps(results[OUTSIDE_NAME]))
+        partial.replace(cache)
+    else:
+        results[OUTSIDE_NAME] = {**json.loads(cache.read_text()), "cached": str(cache)}
+    return results
 
 
 def test_lynis_hardening_index(lynis_results):
     baseline = lynis_results[OUTSIDE_NAME]
     for name, result in lynis_results.items():
         role = "unhardened, same image" if name == OUTSIDE_NAME else "hardened"
+        if "cached" in result:
+            role += f", measured once for this image: {result['cached']}"
         got, top = result["host_kernel_points"]
         print(f"\nLynis {name} ({role}): hardening_index={result['index']}, "
               f"{result['index_in_container']} without the host kernel's sysctl values "
