@@ -25,6 +25,10 @@ from the calls of that same round, and the median over rounds is reported with i
 bounded (--rounds, --http-requests, --http-seconds).
 With --gpu: 512x512, 1280x720, 1920x1080 and a tiled 4000x3000, peak GPU memory, and the share
 of the H100's dense fp16 peak (990 TFLOP/s) from the FLOP per input pixel of each network.
+Also with --gpu, for each untiled size: our fp16 network against our fp32 network on the same padded
+input (PSNR and max |difference| of the 8-bit outputs). That is the one thing the run asserts: below
+FP16_MIN_PSNR_DB, or any NaN/inf in the fp16 output, it still writes everything, then exits 1 with a
+message naming the cases. Speed is never asserted: it stays a reported ratio.
 Prints one JSON document (and a table on stderr); --out also writes it to a file.
 """
 import argparse
@@ -51,6 +55,18 @@ import make_esrgan_model  # noqa: E402  pylint: disable=wrong-import-position
 
 MFLOP_PER_PIXEL = {"x4plus": 35.85, "general-x4v3": 2.42}
 H100_FP16_TFLOPS = 990.0
+# The bound on fp16 vs fp32 (--gpu), on the outputs quantised to 8 bits as the service returns them.
+# PSNR >= 40 dB is an RMS difference of at most 255 / 10**(40/20) = 2.55 levels: the usual threshold
+# of "visually lossless" (high-quality JPEG/video encodes land around 40-45 dB). fp16 keeps an 11-bit
+# significand (relative rounding 2**-11, about 0.12 of an 8-bit level at full scale); even summed over
+# the dozens of layers of x4plus that stays near or below one level RMS (~50 dB and up), and this
+# package's own tests hold tiling and NHWC to 45 dB. 40 dB leaves room for the seeded random weights
+# (not trained to be smooth, so they amplify rounding more than the released ones) and still fails on
+# real fp16 breakage: a black or saturated stretch, an overflow, a weight left in the wrong precision
+# (each well under 30 dB). A bound on the maximum alone would not be stable: out of tens of millions
+# of output values a few may flip by more than a few levels where a steep activation meets a rounding,
+# so the maximum is reported, not asserted. NaN/inf in the fp16 output fail whatever the PSNR.
+FP16_MIN_PSNR_DB = 40.0
 
 
 def image(height, width, seed=0):
@@ -100,6 +116,39 @@ def summarise(times, megapixels, kind):
         row[f"{kind}_ratio_{name}"] = statistics.median(ratios)
         row[f"{kind}_ratio_{name}_spread"] = [min(ratios), max(ratios)]
     return row
+
+
+def fp16_vs_fp32(model, x, device):
+    """Our fp16 network against our fp32 one on the padded input ``x``, as ``Engine._forward`` feeds them
+    (channels_last on CUDA), before any fp32 redo: PSNR (dB) and max |difference| of the 8-bit outputs."""
+    with torch.inference_mode():
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        half = model.fp16(x.half()).float()
+        nonfinite = int((~torch.isfinite(half)).sum())
+        half = (half.clamp(0, 1) * 255).round()
+        full = (model.fp32(x).clamp(0, 1) * 255).round()
+        diff = (half - full).abs()
+        mse = float(diff.double().square().mean())
+        row = {"fp16_nonfinite": nonfinite, "fp16_max_abs_diff_levels": float(diff.max()),
+               "fp16_share_over_2_levels": float((diff > 2).double().mean())}
+    # identical outputs read as 148 dB (JSON has no infinity)
+    row["fp16_psnr_db"] = None if nonfinite else float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+    return row
+
+
+def fp16_failures(results):
+    """The rows whose fp16 output is beyond the bound, as messages."""
+    failures = []
+    for row in results["inprocess"]:
+        if "fp16_nonfinite" not in row:  # CPU, tiled, or a model without an fp16 network
+            continue
+        where = f"{row['arch']} {row['size']}"
+        if row["fp16_nonfinite"]:
+            failures.append(f"{where}: fp16 output has {row['fp16_nonfinite']} NaN/inf values")
+        elif row["fp16_psnr_db"] < FP16_MIN_PSNR_DB:
+            failures.append(f"{where}: fp16 vs fp32 PSNR {row['fp16_psnr_db']:.2f} dB < {FP16_MIN_PSNR_DB} dB "
+                            f"(max |diff| {row['fp16_max_abs_diff_levels']:.0f} levels)")
+    return failures
 
 
 def _engine(settings_cls, engine_cls, models_dir, device, tile, nhwc):
@@ -157,6 +206,7 @@ def bench_inprocess(arch, model_path, sizes, args, device):  # pylint: disable=t
                     ours_out = out[0]
             # fp32 (CPU): ours must be bit-identical to the reference; fp16 (CUDA): close.
             row["model_max_abs_diff_vs_ref"] = float((ours_out.float() - ref.output.float()).abs().max())
+            check_input = tile_obj.input()
             row.update(summarise(alternate(funcs, args, device, warmup=False), megapixels, "model"))
             warm = False  # the same shapes have just run: the e2e calls need no other warm-up
         data = cv2.imencode(".png", img)[1].tobytes()
@@ -176,6 +226,12 @@ def bench_inprocess(arch, model_path, sizes, args, device):  # pylint: disable=t
         if device.type == "cuda":
             row["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
             row["share_of_h100_fp16_peak"] = row["e2e_mps_ours"] * 1e6 * MFLOP_PER_PIXEL[arch] * 1e6 / (H100_FP16_TFLOPS * 1e12)
+            loaded = engines["ours"].models[arch]
+            if not tile and loaded.fp16 is None:
+                row["fp16_network"] = False
+                print(f"warning: {arch} has no fp16 network: 'ours' ran in fp32, nothing to check", file=sys.stderr)
+            elif not tile:  # after the peak memory is read: this extra fp32 pass is not part of the measurement
+                row.update(fp16_vs_fp32(loaded, check_input, device))
         for engine in engines.values():
             engine.stop()
         rows.append(row)
@@ -292,6 +348,10 @@ def main():
             if not args.skip_http:
                 results["http"] += bench_http(arch, path, http_size, args, device)
     results["wall_s"] = time.monotonic() - started
+    failures = fp16_failures(results)
+    if args.gpu:
+        results["fp16_min_psnr_db"] = FP16_MIN_PSNR_DB
+        results["fp16_failures"] = failures
     print_table(results)
     document = json.dumps(_rounded(results), indent=1)
     print(document)
@@ -299,6 +359,10 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as handle:
             handle.write(document + "\n")
+    if failures:
+        print(f"FAIL: fp16 output differs from fp32 beyond the bound (PSNR >= {FP16_MIN_PSNR_DB} dB of the 8-bit outputs, "
+              "no NaN/inf):\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -309,6 +373,10 @@ def print_table(results):
     for row in results["inprocess"]:
         if "model_max_abs_diff_vs_ref" in row:
             print(f"{row['arch']:13s} {row['size']:>9s} model output max |ours - ref| = {row['model_max_abs_diff_vs_ref']:.3g}", file=out)
+        if row.get("fp16_psnr_db") is not None:
+            print(f"{row['arch']:13s} {row['size']:>9s} fp16 vs fp32 (8-bit): PSNR {row['fp16_psnr_db']:.2f} dB "
+                  f"(bound {FP16_MIN_PSNR_DB}), max |diff| {row['fp16_max_abs_diff_levels']:.0f} levels, "
+                  f"{row['fp16_share_over_2_levels']:.2e} of values > 2 levels", file=out)
         for kind in ("model", "e2e"):
             for name in ("ours", "ours_nhwc"):
                 if f"{kind}_ratio_{name}" not in row:

@@ -89,6 +89,55 @@ SOURCES
     say "$tag built in $(($(date +%s) - started)) s ($(docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
 }
 
+# The tools layer kbxy/test-debian:<version>-tools: test-only packages that no role installs
+# (the nginx scenario's TLS clients and ACME server), so scenarios don't apt-install them on
+# every run. Every package a role installs (nginx, curl, openssh-server, ...) stays out, so
+# fresh-host installs and --check on a fresh host are still proven. dpkg writes with
+# unsafe-io and leaves out docs, man pages and translations (of these packages and of
+# whatever a role installs later on such a host).
+# (The hardening scenario stays on the base images: its Lynis index must not see packages
+# that only another scenario's tests need.)
+TOOLS_COMMON="pebble openssl"
+tools_for() {
+    case "$1" in
+        13) echo "$TOOLS_COMMON testssl.sh" ;;  # testssl 3.2 rates; bookworm's 3.0 does not
+        *) echo "$TOOLS_COMMON" ;;
+    esac
+}
+
+build_tools() {
+    local version=$1 base tag packages recipe have started
+    base="kbxy/test-debian:$version"
+    tag="$base-tools"
+    packages=$(tools_for "$version")
+    # the base image's id is part of the recipe: a rebuilt base rebuilds the layer
+    recipe=$(printf '%s|%s|1' "$(docker image inspect --format '{{.Id}}' "$base")" "$packages" | sha256sum | cut -c1-16)
+    have=$(docker image inspect --format '{{ index .Config.Labels "org.kbxy.tools" }}' "$tag" 2>/dev/null || true)
+    if [ "${KBXY_IMAGES_REBUILD:-0}" != 1 ] && [ "$have" = "$recipe" ]; then
+        say "$tag present: cached"
+        return 0
+    fi
+    started=$(date +%s)
+    say "$tag: installing $packages"
+    docker rm -f "kbxy-tools-build-$version" >/dev/null 2>&1 || true
+    docker run --name "kbxy-tools-build-$version" "$base" /bin/sh -c "
+        printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*/copyright' \
+            'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/locale/*' \
+            'path-include=/usr/share/locale/locale.alias' >/etc/dpkg/dpkg.cfg.d/01-kbxy-nodoc
+        echo force-unsafe-io >/etc/dpkg/dpkg.cfg.d/02-kbxy-unsafe-io
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null \
+            && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb" >&2 || {
+        docker rm -f "kbxy-tools-build-$version" >/dev/null 2>&1
+        say "$tag: installing $packages failed" >&2
+        return 1
+    }
+    docker commit -c 'CMD ["/lib/systemd/systemd"]' -c "LABEL org.kbxy.tools=$recipe" \
+        "kbxy-tools-build-$version" "$tag" >/dev/null
+    docker rm -f "kbxy-tools-build-$version" >/dev/null
+    say "$tag built in $(($(date +%s) - started)) s"
+}
+
 for version in "${VERSIONS[@]}"; do
     build_one "$version"
+    build_tools "$version"
 done
