@@ -20,7 +20,7 @@ export KBXY_APT_PROXY
 scenarios=("$@")
 if [ ${#scenarios[@]} -eq 0 ]; then
     # the longest first, so the last one to start is a short one and the slots stay full
-    for s in stack nginx hardening uvicorn sqlite_backup; do
+    for s in stack hardening uvicorn nginx sqlite_backup; do
         [ -f "molecule/$s/molecule.yml" ] && scenarios+=("$s")
     done
     for f in molecule/*/molecule.yml; do
