@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Compare two sets of test-id lists written by tests/scripts/collect-test-ids.sh.
 
-usage: tests/scripts/compare-test-ids.py BEFORE_DIR AFTER_DIR
+usage: python3 tests/scripts/compare-test-ids.py BEFORE_DIR AFTER_DIR
 
 A restructured suite moves tests between files and scenarios and renames the hosts
 they run on, so a plain diff shows every moved test as one line gone and one line new.
@@ -22,8 +21,8 @@ def load(d):
 
 def split(test_id):
     """(file, function name, parameters) of a pytest id."""
-    path, _, rest = test_id.partition("::")
-    name, _, params = rest.partition("[")
+    path, rest = test_id.split("::", 1) if "::" in test_id else (test_id, "")
+    name, params = rest.split("[", 1) if "[" in rest else (rest, "")
     return path, name.split("::")[-1], params.rstrip("]")
 
 
