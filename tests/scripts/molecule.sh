@@ -58,7 +58,7 @@ scenario_seconds=0
 for s in "${scenarios[@]}"; do
     rc=missing secs=- why=""
     [ -f "$LOGS/molecule-$s.result" ] && read -r _ rc secs <"$LOGS/molecule-$s.result"
-    closing=$(grep -E '=+ .*(passed|failed|error).* in [0-9.]+s' "$LOGS/molecule-$s.log" | tail -1 | sed 's/^[^=]*//')
+    closing=$(grep -E '=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s' "$LOGS/molecule-$s.log" | tail -1 | sed 's/^[^=]*//')
     # a scenario that passed without running its tests proves nothing: molecule skips
     # verify when a scenario has no test files, and pytest collects 0 from a broken module
     if [ "$rc" = 0 ]; then
