@@ -39,22 +39,12 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
     exit 0
 fi
 
-# pip's settings on this machine (local wheel dirs, extra indexes, CA bundle) for uv too.
-pip_get() { "$PYTHON" -m pip config get "$1" 2>/dev/null || true; }
-uv_args=(--python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv-cache" --link-mode hardlink --index-strategy unsafe-best-match)
-for dir in $(pip_get global.find-links); do uv_args+=(--find-links "$dir"); done
-for url in $(pip_get global.extra-index-url); do uv_args+=(--extra-index-url "$url"); done
-cert=$(pip_get global.cert)
-[ -n "$cert" ] && export SSL_CERT_FILE="$cert"
+say "checking uv in $CACHE_DIR/uv-tool"
+# shellcheck source=tests/scripts/uv-env.sh
+source tests/scripts/uv-env.sh
+uv_env "$PYTHON" "$VENV" "$CACHE_DIR"
 
-UV="$CACHE_DIR/uv-tool/bin/uv"
-if [ ! -x "$UV" ]; then
-    say "installing uv into $CACHE_DIR/uv-tool"
-    "$PYTHON" -m venv "$CACHE_DIR/uv-tool"
-    "$CACHE_DIR/uv-tool/bin/pip" install -q uv 2>&1 | grep -v "^WARNING: Location" || true
-fi
-
-if [ -x "$UV" ]; then
+if [ -n "$UV" ]; then
     [ -x "$VENV/bin/python" ] || "$UV" venv -q --python "$PYTHON" --seed "$VENV"
     say "uv: installing torch, spandrel, the service and its test tools into $VENV"
     "$UV" pip install -q "${uv_args[@]}" "${REQUIREMENTS[@]}"

@@ -38,20 +38,13 @@ fi
 stamp="$VENV/.requirements.sha256"
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    # uv (installed by pip into the cache once) resolves and links from its cache in
-    # seconds where pip takes a minute; pip is the fall-back where uv cannot be had
-    UV="$CACHE_DIR/uv-tool/bin/uv"
-    if [ ! -x "$UV" ] && "$PYTHON" -m venv "$CACHE_DIR/uv-tool"; then
-        "$CACHE_DIR/uv-tool/bin/pip" install -q uv 2>&1 | grep -v "^WARNING: Location" || true
-    fi
-    if [ -x "$UV" ]; then
+    # uv resolves and links from its cache in seconds where pip takes a minute; pip is the
+    # fall-back where uv cannot be had
+    # shellcheck source=tests/scripts/uv-env.sh
+    source tests/scripts/uv-env.sh
+    uv_env "$PYTHON" "$VENV" "$CACHE_DIR"
+    if [ -n "$UV" ]; then
         say "uv: installing requirements.txt"
-        # pip's settings on this machine (local wheel dirs, extra indexes, CA bundle) for uv too
-        uv_args=(--python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv-cache" --link-mode hardlink --index-strategy unsafe-best-match)
-        for dir in $("$PYTHON" -m pip config get global.find-links 2>/dev/null || true); do uv_args+=(--find-links "$dir"); done
-        for url in $("$PYTHON" -m pip config get global.extra-index-url 2>/dev/null || true); do uv_args+=(--extra-index-url "$url"); done
-        cert=$("$PYTHON" -m pip config get global.cert 2>/dev/null || true)
-        [ -z "$cert" ] || export SSL_CERT_FILE="$cert"
         "$UV" pip install -q "${uv_args[@]}" -r requirements.txt
     else
         say "pip: installing requirements.txt (uv unavailable)"
